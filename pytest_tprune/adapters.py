@@ -1,0 +1,160 @@
+"""Post-pruning fix-ups: update the attributes a pruned module's forward reads.
+
+torch-pruning shrinks weights but leaves plain Python attributes alone, so a
+module whose ``forward`` reshapes with ``self.head_dim`` or views with
+``self.shape`` breaks after pruning. An adapter is a small function registered
+for a module type that recomputes such attributes from the pruned weights.
+
+Keys are types or dotted class paths (``"timm.layers.attention.Attention"``):
+paths keep this module free of timm imports and make an adapter for a class
+that a timm release renamed simply not apply, instead of failing at import.
+The lookup walks the module's MRO, so subclasses inherit their parent's adapter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from torch import nn
+
+Adapter = Callable[["nn.Module"], None]
+
+_REGISTRY: dict[str, Adapter] = {}
+
+
+def type_key(cls: type | str) -> str:
+    return cls if isinstance(cls, str) else f"{cls.__module__}.{cls.__qualname__}"
+
+
+def register_adapter(*types: type | str) -> Callable[[Adapter], Adapter]:
+    """Decorator: ``@register_adapter(MyAttention)`` on ``def fix(module): ...``."""
+
+    def decorate(fn: Adapter) -> Adapter:
+        for cls in types:
+            _REGISTRY[type_key(cls)] = fn
+        return fn
+
+    return decorate
+
+
+def find_adapter(module: nn.Module, extra: Mapping[str, Adapter] | None = None) -> Adapter | None:
+    """The adapter for the most specific registered class in ``module``'s MRO."""
+    for cls in type(module).__mro__:
+        key = type_key(cls)
+        if extra and key in extra:
+            return extra[key]
+        if key in _REGISTRY:
+            return _REGISTRY[key]
+    return None
+
+
+def apply_adapters(model: nn.Module, extra: Mapping[str, Adapter] | None = None) -> list[str]:
+    """Run every applicable adapter; returns the names of the modules adapted."""
+    adapted = []
+    for name, module in model.named_modules():
+        adapter = find_adapter(module, extra)
+        if adapter is not None:
+            adapter(module)
+            adapted.append(name)
+    return adapted
+
+
+def unused_adapter_types(model: nn.Module, keys: Iterable[str]) -> list[str]:
+    """Registered keys that match no module of ``model`` (a likely typo downstream)."""
+    present = {type_key(cls) for m in model.modules() for cls in type(m).__mro__}
+    return sorted(key for key in keys if key not in present)
+
+
+def _out_features(layer: object) -> int | None:
+    if hasattr(layer, "out_features"):
+        return int(layer.out_features)
+    if hasattr(layer, "out_channels"):
+        return int(layer.out_channels)
+    return None
+
+
+def attention_width(module: nn.Module) -> int | None:
+    """Width of the query projection (heads x head dim), whatever the layout.
+
+    Fused ``qkv`` holds q, k and v stacked; separate ``q`` holds q alone.
+    """
+    qkv = _out_features(getattr(module, "qkv", None))
+    if qkv is not None:
+        return qkv // 3
+    for name in ("q", "q_proj", "query"):
+        width = _out_features(getattr(module, name, None))
+        if width is not None:
+            return width
+    return None
+
+
+def sync_head_attributes(module: nn.Module) -> None:
+    """Recompute ``head_dim``/``attn_dim``/``kv_dim`` from the pruned projections.
+
+    ``num_heads`` is kept (the recipe prunes head dimensions, not heads) and
+    ``scale`` is kept on purpose: it is a constant of the trained function, and
+    keeping it is what makes a pruned model equal to its soft-pruned original.
+    """
+    width = attention_width(module)
+    heads = getattr(module, "num_heads", None)
+    if width is None or not isinstance(heads, int) or heads <= 0:
+        return
+    head_dim = width // heads
+    setattr(module, "head_dim", head_dim)  # noqa: B010 - plain attributes, not submodules
+    if hasattr(module, "attn_dim"):
+        setattr(module, "attn_dim", head_dim * heads)  # noqa: B010
+    kv_heads = getattr(module, "num_kv_heads", None)
+    if hasattr(module, "kv_dim") and isinstance(kv_heads, int):
+        setattr(module, "kv_dim", head_dim * kv_heads)  # noqa: B010
+
+
+def sync_scale_shape(module: nn.Module) -> None:
+    """MetaFormer ``Scale`` views its vector with a stored ``shape``."""
+    scale = getattr(module, "scale", None)
+    shape = getattr(module, "shape", None)
+    if scale is None or not isinstance(shape, tuple) or not shape:
+        return
+    setattr(module, "shape", (int(scale.numel()), *shape[1:]))  # noqa: B010
+
+
+def sync_norm_shape(module: nn.Module) -> None:
+    """LayerNorm subclasses and RMS norms keep ``normalized_shape`` for their forward.
+
+    torch-pruning updates it only for exact ``nn.LayerNorm``; timm's subclasses
+    (``LayerNorm``, ``LayerNorm2d``) and ``RmsNorm`` keep the old size.
+    """
+    weight = getattr(module, "weight", None)
+    shape = getattr(module, "normalized_shape", None)
+    if weight is None or not isinstance(shape, (tuple, list)) or not shape:
+        return
+    setattr(module, "normalized_shape", (*tuple(shape)[:-1], int(weight.shape[-1])))  # noqa: B010
+
+
+def sync_conv_channels(module: nn.Module) -> None:
+    """Convolution subclasses whose forward reads ``out_channels`` (timm's ScaledStdConv2d)."""
+    weight = getattr(module, "weight", None)
+    groups = getattr(module, "groups", 1)
+    if weight is None or weight.dim() < 3 or getattr(module, "transposed", False):
+        return
+    setattr(module, "out_channels", int(weight.shape[0]))  # noqa: B010
+    setattr(module, "in_channels", int(weight.shape[1]) * int(groups))  # noqa: B010
+
+
+register_adapter("torch.nn.modules.conv._ConvNd")(sync_conv_channels)
+register_adapter(
+    "torch.nn.modules.normalization.LayerNorm",
+    "torch.nn.modules.normalization.RMSNorm",
+    "timm.layers.norm.RmsNorm",
+    "timm.layers.norm.RmsNorm2d",
+    "timm.layers.norm.SimpleNorm",
+    "timm.layers.norm.SimpleNorm2d",
+)(sync_norm_shape)
+register_adapter(
+    "timm.layers.attention.Attention",
+    "timm.layers.attention.AttentionRope",
+    "timm.models.vision_transformer.Attention",
+    "timm.layers.attention_pool.AttentionPoolLatent",
+)(sync_head_attributes)
+register_adapter("timm.models.metaformer.Scale")(sync_scale_shape)

@@ -1,0 +1,367 @@
+"""One pruning case as the ``tprune_case`` fixture sees it, with one method per check.
+
+Each check raises ``CheckFailed`` whose message starts with the check's name,
+so a failing test says exactly which property broke. Models are built once per
+worker and kept pristine; every case prunes a deep copy, because pruning
+mutates in place and a pruned model must never leak into the next case.
+"""
+
+from __future__ import annotations
+
+import copy
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pytest_tprune import expectations as exp
+from pytest_tprune.config import PruneConfig
+from pytest_tprune.errors import CaseTimeout
+from pytest_tprune.models import ModelSpec, build_model
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from pytest_tprune.pruning import Pruned, PruneOutcome
+
+CHECKS = ("forward", "shapes", "golden", "reduction")
+
+
+class CheckFailed(AssertionError):
+    """A check failed; ``check`` names which one (for the report)."""
+
+    def __init__(self, check: str, message: str) -> None:
+        self.check = check
+        super().__init__(f"[{check}] {message}")
+
+
+@dataclass
+class CaseSettings:
+    """The run-wide settings a case needs (a plain subset of the plugin's)."""
+
+    device: str = "cpu"
+    golden_dir: Path = Path("golden")
+    update_golden: bool = False
+    seed: int = 0
+    timeout: float | None = None
+
+
+@dataclass
+class _Pristine:
+    key: tuple[str, int]
+    model: nn.Module
+    unreached: frozenset[str]
+
+
+class ModelStore:
+    """Keeps the most recently built pristine model of this worker.
+
+    One entry suffices because cases are sorted by model, and it bounds a
+    worker's memory to the largest model rather than the sum of all.
+    """
+
+    def __init__(self) -> None:
+        self._entry: _Pristine | None = None
+        self.builds = 0
+
+    def pristine(self, spec: ModelSpec, seed: int) -> _Pristine:
+        key = (spec.name, seed)
+        if self._entry is None or self._entry.key != key:
+            self._entry = None
+            model = build_model(spec, seed)
+            # Run the probe on a copy: a forward leaves caches of non-leaf tensors in some
+            # models (attention-bias caches), and those cannot be deep-copied afterwards.
+            unreached = unreached_parameters(copy.deepcopy(model), spec.make_inputs(2, seed))
+            self._entry = _Pristine(key, model, unreached)
+            self.builds += 1
+        return self._entry
+
+    def clear(self) -> None:
+        self._entry = None
+
+
+STORE = ModelStore()
+
+
+def unreached_parameters(model: nn.Module, inputs: Any) -> frozenset[str]:
+    """Parameters a backward pass from the output does not reach.
+
+    Computed on the unpruned model too, so that parameters a model never uses
+    (e.g. an unused auxiliary head) are not blamed on pruning.
+    """
+    from pytest_tprune.measure import output_tensor
+
+    model.zero_grad(set_to_none=True)
+    output_tensor(model(inputs)).float().sum().backward()
+    unreached = frozenset(n for n, p in model.named_parameters() if p.requires_grad and p.grad is None)
+    model.zero_grad(set_to_none=True)
+    return unreached
+
+
+@contextmanager
+def time_limit(seconds: float | None, what: str) -> Iterator[None]:
+    """Interrupt a case stuck in a Python loop (e.g. a dependency-graph hang).
+
+    Uses SIGALRM, so it works on POSIX main threads (pytest and xdist workers
+    run tests there) and is a no-op elsewhere.
+    """
+    usable = seconds and hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+    if not usable:
+        yield
+        return
+
+    def expire(_signum: int, _frame: Any) -> None:
+        raise CaseTimeout(f"{what} ran past the per-case time limit of {seconds:g} s (--tprune-timeout)")
+
+    previous_handler = signal.getsignal(signal.SIGALRM)
+    previous_timer = signal.getitimer(signal.ITIMER_REAL)
+    if previous_timer[0] and previous_timer[0] < float(seconds):  # type: ignore[arg-type]
+        yield  # an enclosing limit expires first: let it rule
+        return
+    signal.signal(signal.SIGALRM, expire)
+    # Re-fire every second after expiry, in case library code swallowed the first one.
+    signal.setitimer(signal.ITIMER_REAL, float(seconds), 1.0)  # type: ignore[arg-type]
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous_handler)
+
+
+@dataclass
+class TpruneCase:
+    """A model x config case: prunes lazily, then checks on demand."""
+
+    spec: ModelSpec
+    config: PruneConfig
+    settings: CaseSettings
+    check_times: dict[str, float] = field(default_factory=dict)
+    golden_written: list[str] = field(default_factory=list)
+
+    def __repr__(self) -> str:
+        return f"<TpruneCase {self.case_id} on {self.settings.device}>"
+
+    @property
+    def case_id(self) -> str:
+        return f"{self.spec.name}-{self.config.config_id}"
+
+    def reproduce_command(self) -> str:
+        return " ".join(
+            ["tprune", "--model", self.spec.name, *self.config.cli_args(), "--device", self.settings.device]
+        )
+
+    @cached_property
+    def pruned(self) -> Pruned:
+        from pytest_tprune.pruning import prune
+
+        with time_limit(self.settings.timeout, f"pruning {self.case_id}"):
+            start = time.perf_counter()
+            pristine = STORE.pristine(self.spec, self.settings.seed)
+            self.check_times["pristine"] = time.perf_counter() - start
+            model = copy.deepcopy(pristine.model)
+            return prune(self.spec, self.config, self.settings.device, self.settings.seed, model=model)
+
+    @property
+    def outcome(self) -> PruneOutcome:
+        return self.pruned.outcome
+
+    @property
+    def model(self) -> nn.Module:
+        """The pruned model."""
+        return self.pruned.model
+
+    @contextmanager
+    def _timed(self, check: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            with time_limit(self.settings.timeout, f"check '{check}' of {self.case_id}"):
+                yield
+        finally:
+            self.check_times[check] = self.check_times.get(check, 0.0) + time.perf_counter() - start
+
+    # -- checks ---------------------------------------------------------------
+
+    def check_forward(self) -> None:
+        """Eval at batch 1 and 2, same output shape, finite; backward reaches every
+        parameter the unpruned model's backward reached; train-mode forward works."""
+        __tracebackhide__ = True
+        self.pruned  # noqa: B018 - prune first, under its own time limit
+        with self._timed("forward"):
+            problems = self._forward_problems()
+        if problems:
+            raise CheckFailed("forward", "; ".join(problems))
+
+    def _forward_problems(self) -> list[str]:
+        import torch
+
+        from pytest_tprune.measure import output_tensor
+
+        model, pruned = self.pruned.model, self.pruned
+        base_shape = list(pruned.base_output.shape)
+        device = self.pruned.inputs.device
+        problems = []
+        if self.outcome.output_shape_after != base_shape:
+            problems.append(f"eval output shape {self.outcome.output_shape_after} != unpruned {base_shape}")
+        batch = self.spec.make_inputs(2, self.settings.seed).to(device)
+        model.eval()
+        with torch.no_grad():
+            out1 = output_tensor(model(pruned.inputs))
+        if not torch.isfinite(out1).all():
+            problems.append("eval output at batch 1 has non-finite values")
+        out2 = output_tensor(model(batch))
+        expected2 = [2, *base_shape[1:]]
+        if list(out2.shape) != expected2:
+            problems.append(f"eval output shape at batch 2 {list(out2.shape)} != {expected2}")
+        elif not torch.isfinite(out2).all():
+            problems.append("eval output at batch 2 has non-finite values")
+        model.zero_grad(set_to_none=True)
+        out2.float().sum().backward()
+        allowed = STORE.pristine(self.spec, self.settings.seed).unreached
+        missed = sorted(
+            n for n, p in model.named_parameters() if p.requires_grad and p.grad is None and n not in allowed
+        )
+        model.zero_grad(set_to_none=True)
+        if missed:
+            problems.append(f"backward reaches no gradient to {len(missed)} parameter(s): {', '.join(missed[:5])}")
+        problems += self._train_forward_problems(batch, expected2)
+        return problems
+
+    def _train_forward_problems(self, batch: Any, expected: list[int]) -> list[str]:
+        import torch
+
+        from pytest_tprune.measure import output_tensor
+
+        model = self.pruned.model
+        model.train()
+        try:
+            with torch.no_grad():
+                out = output_tensor(model(batch))
+        except Exception as exc:
+            return [f"train-mode forward failed: {type(exc).__name__}: {exc}"]
+        finally:
+            model.eval()
+        if list(out.shape) != expected:
+            return [f"train-mode output shape {list(out.shape)} != {expected}"]
+        if not torch.isfinite(out).all():
+            return ["train-mode output has non-finite values"]
+        return []
+
+    def check_shapes(self) -> None:
+        """Uniform mode: every pruned group removed what ratio and round_to predict;
+        ignored layers kept their output size."""
+        __tracebackhide__ = True
+        self.pruned  # noqa: B018 - prune first, under its own time limit
+        with self._timed("shapes"):
+            violations = exp.shape_violations(self.outcome)
+        if violations:
+            shown = "\n".join(f"  {v.group}: {v.detail}" for v in violations[:20])
+            more = f"\n  ... and {len(violations) - 20} more" if len(violations) > 20 else ""
+            raise CheckFailed("shapes", f"{len(violations)} group(s) break the shape rule:\n{shown}{more}")
+
+    def check_golden(self) -> None:
+        """Compare with (or, with --tprune-update-golden, write) the case's golden file."""
+        __tracebackhide__ = True
+        from pytest_tprune import golden
+
+        self.pruned  # noqa: B018 - prune first, under its own time limit
+        with self._timed("golden"):
+            versions = golden.library_versions()
+            content = golden.golden_content(self.outcome, versions)
+            path = golden.golden_path(self.settings.golden_dir, self.spec.name, self.config.config_id)
+            if self.settings.update_golden:
+                if not golden.same_content(path, content):
+                    try:
+                        golden.write_golden(path, content)  # atomic: a failed write leaves no file behind
+                    except OSError as exc:
+                        raise CheckFailed(
+                            "golden",
+                            f"cannot write golden {path}: {type(exc).__name__}: {exc}; existing goldens untouched "
+                            "(make the golden directory writable or point --tprune-golden-dir elsewhere)",
+                        ) from None
+                    self.golden_written.append(str(path))
+                return
+            if not path.exists():
+                raise CheckFailed(
+                    "golden",
+                    f"golden file {path} is missing: create it with "
+                    f"'pytest --tprune-update-golden -k \"{self.case_id}\"' and review it before committing",
+                )
+            expected = golden.read_golden(path)
+            diff = golden.diff_golden(expected, content)
+        if diff:
+            raise CheckFailed(
+                "golden",
+                f"{self.case_id} differs from {path}:\n{golden.render_diff(diff, expected, versions)}\n"
+                "if the change is intended, rewrite it with --tprune-update-golden and review the diff",
+            )
+
+    def check_reduction(self) -> None:
+        """Params and MACs strictly decrease for ratio > 0 and stay in the rule's band."""
+        __tracebackhide__ = True
+        self.pruned  # noqa: B018 - prune first, under its own time limit
+        with self._timed("reduction"):
+            problems = self._reduction_problems()
+        if problems:
+            raise CheckFailed("reduction", "; ".join(problems))
+
+    def _reduction_problems(self) -> list[str]:
+        out = self.outcome
+        problems = []
+        pairs = {
+            "params": (out.params_before, out.params_after),
+            "MACs (torch-pruning)": (out.macs_before, out.macs_after),
+            "MACs (FlopCounterMode)": (out.flop_macs_before, out.flop_macs_after),
+        }
+        for what, (before, after) in pairs.items():
+            if self.config.ratio > 0 and not after < before:
+                problems.append(f"{what} did not decrease: {before} => {after}")
+            if self.config.ratio == 0 and after != before:
+                problems.append(f"{what} changed at ratio 0: {before} => {after}")
+        band = exp.param_band(out, self.spec.reduction_band, self.spec.reduction_band_reason)
+        if band is not None:
+            kept = (
+                exp.fraction(out.params_after, out.params_before)
+                if self.spec.reduction_band
+                else exp.pruned_param_fraction(out)
+            )
+            if kept is not None and not band.contains(kept):
+                problems.append(f"{band.what} {kept:.4f} outside [{band.low:.4f}, {band.high:.4f}] ({band.reason})")
+        macs = exp.mac_band(out)
+        kept_macs = exp.fraction(out.flop_macs_after, out.flop_macs_before)
+        if macs is not None and not self.spec.reduction_band and not macs.contains(kept_macs):
+            problems.append(f"{macs.what} {kept_macs:.4f} outside [{macs.low:.4f}, {macs.high:.4f}] ({macs.reason})")
+        return problems
+
+    def check_all(self) -> None:
+        """Every check, in order: forward validity, shape rule, golden, reduction."""
+        __tracebackhide__ = True
+        self.check_forward()
+        self.check_shapes()
+        self.check_golden()
+        self.check_reduction()
+
+    def summary_row(self) -> dict[str, Any]:
+        """The figures of this case for the terminal table and the JSON report."""
+        out = self.outcome
+        kept_params = exp.fraction(out.params_after, out.params_before)
+        kept_macs = exp.fraction(out.macs_after, out.macs_before)
+        kept_flops = exp.fraction(out.flop_macs_after, out.flop_macs_before)
+        return {
+            "params_before": out.params_before,
+            "params_after": out.params_after,
+            "macs_before": out.macs_before,
+            "macs_after": out.macs_after,
+            "flop_macs_before": out.flop_macs_before,
+            "flop_macs_after": out.flop_macs_after,
+            "kept_params": round(kept_params, 6),
+            "kept_macs": round(kept_macs, 6),
+            "kept_flop_macs": round(kept_flops, 6),
+            "counter_disagreement": round(kept_macs - kept_flops, 6),
+            "device": out.device,
+            "durations": {**out.timings, **{k: round(v, 4) for k, v in self.check_times.items()}},
+        }

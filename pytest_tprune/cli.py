@@ -1,0 +1,195 @@
+"""The seed's command line, reproduced faithfully and made safe.
+
+``tprune --list_models [PATTERN]`` and ``tprune --model NAME --pruning_ratio R
+[--global_pruning]`` print what the upstream example prints: ``Pruning NAME...``,
+the module tree with ``before => after`` on every changed line, then the MACs and
+params lines with four decimals. Bad input exits 2 with one line; a failure of
+the library stack exits 1 naming the step and module; neither shows a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from pytest_tprune.config import DEFAULT_SEED, IMPORTANCES, PruneConfig, check_ratio
+from pytest_tprune.errors import PruneStepError, UsageError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line, like every other error here."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"tprune: error: {message} (see 'tprune --help')\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="tprune", description="Prune a timm model with torch-pruning and show what changed.")
+    add = parser.add_argument
+    add(
+        "--list_models",
+        "--list-models",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="PATTERN",
+        help="print timm's model names (optionally only those matching an fnmatch PATTERN) and exit",
+    )
+    add("--model", help="timm model name, e.g. vit_base_patch32_224")
+    add(
+        "--pruning_ratio",
+        "--pruning-ratio",
+        type=float,
+        default=0.5,
+        help="channel pruning ratio in [0, 1) (default 0.5)",
+    )
+    add(
+        "--global_pruning",
+        "--global-pruning",
+        action="store_true",
+        help="rank channels across layers instead of uniformly",
+    )
+    add("--pretrained", action="store_true", help="load pretrained weights (needs network access or a warm cache)")
+    add("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    add(
+        "--importance", choices=IMPORTANCES, default="l2", help="channel importance criterion (default l2, as the seed)"
+    )
+    add("--round_to", "--round-to", type=int, default=None, help="keep channel counts multiples of this")
+    add("--iterative_steps", "--iterative-steps", type=int, default=1, help="prune in this many steps")
+    add("--isomorphic", action="store_true", help="isomorphic ranking (with --global_pruning)")
+    add(
+        "--input_size",
+        "--input-size",
+        type=int,
+        default=None,
+        help="cap the input's spatial size when the model allows",
+    )
+    add("--seed", type=int, default=DEFAULT_SEED, help="seed of the weight init and of the example input")
+    return parser
+
+
+def tree_diff(before: str, after: str) -> str:
+    """The module tree with ``before => after`` on every changed line (the seed's print-out)."""
+    old, new = before.splitlines(), after.splitlines()
+    if len(old) != len(new):
+        return "\n".join(difflib.unified_diff(old, new, "before", "after", lineterm=""))
+    return "\n".join(o if o == n else f"{o} => {n.lstrip()}" for o, n in zip(old, new, strict=True))
+
+
+def figures(macs: tuple[int, int], params: tuple[int, int]) -> str:
+    return (
+        f"MACs: {macs[0] / 1e9:.4f} G => {macs[1] / 1e9:.4f} G\n"
+        f"Params: {params[0] / 1e6:.4f} M => {params[1] / 1e6:.4f} M"
+    )
+
+
+def list_models(pattern: str) -> int:
+    from pytest_tprune.models import timm_model_names
+
+    names = timm_model_names(pattern or None)
+    if not names:
+        raise UsageError(f"no timm model matches '{pattern}': patterns are fnmatch-style, e.g. 'vit_*'")
+    print(names)
+    return EXIT_OK
+
+
+def weights_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    """Whether the weight hub answers at all: a fast probe instead of minutes of retries."""
+    import socket
+
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def weights_cached(name: str) -> bool:
+    """Whether timm could load ``name``'s pretrained weights from the local hub cache."""
+    import timm
+    from huggingface_hub import try_to_load_from_cache
+
+    cfg = timm.get_pretrained_cfg(name)
+    repo = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    if not repo:
+        return False
+    files = ("model.safetensors", "open_clip_pytorch_model.bin", "pytorch_model.bin")
+    return any(isinstance(try_to_load_from_cache(repo, f), str) for f in files)
+
+
+def check_pretrained_available(name: str) -> None:
+    if not weights_cached(name) and not weights_reachable():
+        raise UsageError(
+            f"--pretrained: weights for {name} are not cached and the weight hub (huggingface.co) cannot be "
+            "reached from this machine; drop --pretrained to prune a seeded random init"
+        )
+
+
+def run_prune(args: argparse.Namespace) -> int:
+    from pytest_tprune.models import timm_spec
+    from pytest_tprune.pruning import prune, resolve_device
+
+    check_ratio(args.pruning_ratio)
+    config = PruneConfig(
+        ratio=args.pruning_ratio,
+        global_pruning=args.global_pruning,
+        importance=args.importance,
+        round_to=args.round_to,
+        iterative_steps=args.iterative_steps,
+        isomorphic=args.isomorphic,
+    )
+    device = resolve_device(args.device)
+    spec = timm_spec(args.model, input_cap=args.input_size, pretrained=args.pretrained)
+    if args.pretrained:
+        check_pretrained_available(args.model)
+    print(f"Pruning {args.model}...", flush=True)
+    try:
+        result = prune(spec, config, device=device, seed=args.seed)
+    except PruneStepError as err:
+        if args.pretrained and err.step == "build":
+            raise UsageError(
+                f"could not load pretrained weights for {args.model} ({type(err.exc).__name__}): "
+                "weights cannot be fetched offline; drop --pretrained to prune a seeded random init"
+            ) from None
+        raise
+    for message in result.outcome.warnings:
+        print(message, file=sys.stderr)
+    out = result.outcome
+    print()
+    print(tree_diff(result.tree_before, result.tree_after))
+    print()
+    print(figures((out.macs_before, out.macs_after), (out.params_before, out.params_after)))
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["compare"]:
+        from pytest_tprune.compare import compare_main
+
+        return compare_main(argv[1:])
+    if argv[:1] == ["merge"]:
+        from pytest_tprune.compare import merge_main
+
+        return merge_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    try:
+        if args.list_models is not None:
+            return list_models(args.list_models)
+        if not args.model:
+            raise UsageError("nothing to do: give --model NAME (see --list_models) or --list_models")
+        return run_prune(args)
+    except UsageError as err:
+        print(f"tprune: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except PruneStepError as err:
+        print(f"tprune: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("tprune: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,44 @@
+"""Errors that reach users: each says what was wrong and what to do about it.
+
+Two families exist because callers must treat them differently: a
+:class:`UsageError` is the user's input (exit status 2 on the command line, a
+usage error in pytest), a :class:`PruneStepError` is the library stack failing
+on valid input (exit status 1, a failed test) and names the step and the module.
+"""
+
+from __future__ import annotations
+
+
+class TpruneError(Exception):
+    """Base class of every error raised on purpose by pytest-tprune."""
+
+
+class UsageError(TpruneError):
+    """The input was wrong: a model name, a ratio, a device, an option value."""
+
+
+class PruneStepError(TpruneError):
+    """A step of the pruning recipe failed on a valid input.
+
+    ``step`` is one of ``build``, ``trace``, ``prune``, ``adapt``, ``forward``,
+    ``count``; ``module`` is the dotted name of the module involved when known.
+    """
+
+    def __init__(self, step: str, model: str, exc: BaseException, module: str | None = None) -> None:
+        self.step = step
+        self.model = model
+        self.module = module
+        self.exc = exc
+        where = f" in module '{module}'" if module else ""
+        detail = f"{type(exc).__name__}: {exc}".strip()
+        first_line = detail.splitlines()[0] if detail else type(exc).__name__
+        super().__init__(f"{step} failed for {model}{where}: {first_line}")
+
+
+class CaseTimeout(BaseException):
+    """A case ran past its time limit (a hang inside the library stack).
+
+    A BaseException on purpose: it is raised from a signal handler anywhere in
+    library code, and must not be swallowed by an ``except Exception`` there.
+    pytest still reports it as a failure of the test.
+    """

@@ -1,0 +1,84 @@
+"""What we know about specific timm models: known failures and reduction bands.
+
+This is data, keyed by fnmatch patterns over model names, kept in one place so
+that the zoo map, the plugin and the CLI agree. A known failure names its root
+cause (the exception and where it is raised); the plugin turns it into a strict
+expected failure, so an upgrade that fixes it shows up as an unexpected pass.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+
+HANG_LIMIT_S = 10.0
+"""Time limit for a known hang: long enough to finish if an upgrade fixes it."""
+
+_RAW_FAILURES: dict[str, object] = {
+    "test_maxvit": {
+        "*": "hang: torch-pruning's DependencyGraph._fix_dependency_graph_non_recursive (graph.py:236) "
+        "loops while MetaPruner builds its groups (get_all_groups), memory growing by GBs"
+    },
+    "test_coatnet": {
+        "*": "hang: torch-pruning's DependencyGraph._fix_dependency_graph_non_recursive (graph.py:236) "
+        "loops while MetaPruner builds its groups (get_all_groups), memory growing by GBs"
+    },
+    "test_mambaout": {
+        "*": "RuntimeError: index 27 is out of bounds for dimension 0 with size 24 in torch-pruning's "
+        "importance _reduce (importance.py:155): the gated MLP's split channels are grouped inconsistently"
+    },
+    "test_vit_relpos": {
+        "*": "IndexError: index 48 is out of bounds for dimension 0 with size 3 in torch-pruning's "
+        "importance (importance.py:202): the relative-position bias table is coupled to the head dim"
+    },
+    "test_efficientnet_evos": {
+        "*": "AssertionError 'expected 4D input' in timm EvoNorm2dS0 (evo_norm.py) after pruning: "
+        "torch-pruning feeds the norm a tensor of the wrong rank once its 4D parameters are pruned"
+    },
+    **{
+        f"test_vit3@{pattern}": "RuntimeError in AttentionPoolLatent.forward (attention_pool.py): it reshapes "
+        "the attention output to the input width C, assuming num_heads * head_dim == C; pruning rounds the "
+        "head dim per head and the embedding dim as a whole, so the two differ (66 vs 67 at r0.30)"
+        for pattern in ("*-global", "r0.30-local")
+    },
+}
+"""model pattern -> {config-id pattern: one-line root cause}; ``name@cfg`` keys are folded in below."""
+
+
+def _fold(table: dict[str, object]) -> dict[str, dict[str, str]]:
+    """``{"model@r0.30-local": cause}`` entries become ``{"model": {"r0.30-local": cause}}``."""
+    folded: dict[str, dict[str, str]] = {}
+    for key, value in table.items():
+        model, _, config = key.partition("@")
+        entry = folded.setdefault(model, {})
+        if isinstance(value, dict):
+            entry.update(value)
+        else:
+            entry[config or "*"] = str(value)
+    return folded
+
+
+KNOWN_FAILURES: dict[str, dict[str, str]] = _fold(_RAW_FAILURES)
+
+REDUCTION_BANDS: dict[str, tuple[tuple[float, float], str]] = {}
+"""pattern -> ((low, high) bounds on the kept fraction of params at ratio 0.5, reason)."""
+
+
+def _lookup(table: dict[str, object], name: str) -> object | None:
+    for pattern in sorted(table):
+        if fnmatch.fnmatchcase(name, pattern):
+            return table[pattern]
+    return None
+
+
+def known_failure(name: str) -> dict[str, str] | None:
+    found = _lookup(KNOWN_FAILURES, name)  # type: ignore[arg-type]
+    return dict(found) if isinstance(found, dict) else None
+
+
+def is_hang(reason: str | None) -> bool:
+    return bool(reason) and str(reason).startswith("hang:")
+
+
+def reduction_band(name: str) -> tuple[tuple[float, float], str] | None:
+    found = _lookup(REDUCTION_BANDS, name)  # type: ignore[arg-type]
+    return found if isinstance(found, tuple) else None

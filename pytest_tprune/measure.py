@@ -1,0 +1,112 @@
+"""Counting and forward-pass helpers.
+
+Two MAC counters on purpose: torch-pruning's ``count_ops_and_params`` is what
+the seed prints (so the CLI matches it), but it matches hooks by exact type and
+skips timm's norm subclasses; ``FlopCounterMode`` counts the aten ops that run,
+so it is the independent figure correctness checks can lean on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+
+def param_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def tp_counts(model: nn.Module, inputs: torch.Tensor) -> tuple[int, int]:
+    """(MACs, params) as torch-pruning counts them: the seed's figures."""
+    import torch
+    import torch_pruning as tp
+
+    with torch.no_grad():
+        macs, params = tp.utils.count_ops_and_params(model, inputs)
+    return int(macs), int(params)
+
+
+@contextmanager
+def frozen_parameters(model: nn.Module) -> Iterator[None]:
+    """Parameters temporarily not requiring grad.
+
+    FlopCounterMode's module tracker hooks the gradient of every input that
+    requires grad, and fails on models that feed a parameter-derived tensor
+    into a submodule (timm's ``test_vit3``); counting needs no gradients.
+    """
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for param, _ in flags:
+        param.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for param, flag in flags:
+            param.requires_grad_(flag)
+
+
+def forward_with_flops(model: nn.Module, inputs: torch.Tensor) -> tuple[Any, int]:
+    """One no-grad forward that also yields the independent MAC count (FLOPs / 2)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), frozen_parameters(model), counter:
+        output = model(inputs)
+    return output, int(counter.get_total_flops()) // 2
+
+
+def output_tensor(output: Any) -> torch.Tensor:
+    """The logits of a model output (some models return tuples or dicts)."""
+    import torch
+
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output:
+        return output_tensor(output[0])
+    if isinstance(output, dict) and output:
+        return output_tensor(next(iter(output.values())))
+    raise TypeError(f"model output of type {type(output).__name__} holds no tensor")
+
+
+def shape_of(output: Any) -> list[int]:
+    return [int(d) for d in output_tensor(output).shape]
+
+
+@contextmanager
+def module_stack(model: nn.Module) -> Iterator[list[str]]:
+    """Track which modules are mid-forward, so a failure can name the innermost one."""
+    stack: list[str] = []
+    handles = []
+    for name, module in model.named_modules():
+
+        def enter(_m: nn.Module, _args: Any, name: str = name) -> None:
+            stack.append(name)
+
+        def leave(_m: nn.Module, _args: Any, _out: Any) -> None:
+            if stack:
+                stack.pop()
+
+        handles.append(module.register_forward_pre_hook(enter))
+        handles.append(module.register_forward_hook(leave))
+    try:
+        yield stack
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def failing_module(model: nn.Module, inputs: torch.Tensor) -> str | None:
+    """Re-run a failing forward with hooks and return the innermost module's name."""
+    import torch
+
+    with module_stack(model) as stack, torch.no_grad():
+        try:
+            model(inputs)
+        except Exception:
+            return (stack[-1] or "<root>") if stack else None
+    return None

@@ -1,0 +1,63 @@
+"""Custom torch-pruning pruners for layers whose extra parameters it does not know.
+
+torch-pruning prunes a Conv2d subclass with its plain ConvPruner, which only
+touches ``weight`` and ``bias``. A subclass with a per-output-channel parameter
+of its own (timm's ScaledStdConv2d ``gain``) then keeps a stale parameter and
+breaks in its forward. A pruner here extends the stock one to prune those too.
+
+Keys are dotted class paths, like adapters, so no timm import is needed here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from pytest_tprune.adapters import type_key
+
+if TYPE_CHECKING:
+    from torch import nn
+
+PrunerFactory = Callable[[], Any]
+
+_REGISTRY: dict[str, PrunerFactory] = {}
+
+
+def register_pruner(*types: type | str) -> Callable[[PrunerFactory], PrunerFactory]:
+    """Decorator registering a factory of a torch-pruning pruner for module types."""
+
+    def decorate(factory: PrunerFactory) -> PrunerFactory:
+        for cls in types:
+            _REGISTRY[type_key(cls)] = factory
+        return factory
+
+    return decorate
+
+
+def builtin_pruners(model: nn.Module) -> dict[type, Any]:
+    """``customized_pruners`` for the registered types present in ``model`` (fresh instances)."""
+    found: dict[type, Any] = {}
+    for module in model.modules():
+        cls = type(module)
+        key = type_key(cls)
+        if key in _REGISTRY and cls not in found:
+            found[cls] = _REGISTRY[key]()
+    return found
+
+
+@register_pruner("timm.layers.std_conv.ScaledStdConv2d", "timm.layers.std_conv.ScaledStdConv2dSame")
+def scaled_std_conv_pruner() -> Any:
+    """ConvPruner that also prunes the per-output-channel ``gain`` (shape (out, 1, 1, 1))."""
+    import torch
+    import torch_pruning as tp
+
+    class ScaledStdConvPruner(tp.pruner.function.ConvPruner):
+        def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
+            gain: torch.Tensor = layer.gain  # type: ignore[assignment]
+            removed = {int(i) for i in idxs}
+            keep = [i for i in range(int(gain.shape[0])) if i not in removed]
+            layer = super().prune_out_channels(layer, idxs)
+            layer.gain = torch.nn.Parameter(gain.data[keep], requires_grad=gain.requires_grad)
+            return layer
+
+    return ScaledStdConvPruner()

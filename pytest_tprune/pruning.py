@@ -1,0 +1,391 @@
+"""The pruning recipe: the seed script's steps, kept working as timm changes.
+
+``prune()`` builds (or takes) a model, finds the layers to leave whole and the
+attention heads, prunes with fresh argument dicts, applies adapters, and
+measures. Every step is timed and a failure names its step, and the module
+where one can be found, instead of surfacing a traceback from deep in torch.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pytest_tprune.config import DEFAULT_SEED, PruneConfig
+from pytest_tprune.errors import PruneStepError, UsageError
+from pytest_tprune.measure import failing_module, forward_with_flops, output_tensor, tp_counts
+from pytest_tprune.models import ModelSpec, build_model, check_adapters
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+
+@dataclass
+class GroupRecord:
+    """What one pruned dependency group removed: enough to check the shape rule."""
+
+    root: str
+    direction: str  # "out" or "in": which dimension of the root was pruned
+    channels: int  # channels of the root's pruned dimension before this group was pruned
+    channel_groups: int  # torch-pruning's channel grouping (heads, group convs)
+    removed: int
+    members: list[str] = field(default_factory=list)
+    step: int = 1
+
+
+@dataclass
+class PruneOutcome:
+    """Everything a check needs about one pruned case, as plain data."""
+
+    model: str
+    config: dict[str, Any]
+    device: str
+    input_size: list[int]
+    modules_before: dict[str, str]
+    modules_after: dict[str, str]
+    shapes_before: dict[str, list[int]]
+    shapes_after: dict[str, list[int]]
+    macs_before: int
+    macs_after: int
+    params_before: int
+    params_after: int
+    flop_macs_before: int
+    flop_macs_after: int
+    output_shape_before: list[int]
+    output_shape_after: list[int]
+    ignored: list[str]
+    heads: dict[str, int]
+    groups: list[GroupRecord]
+    adapted: list[str]
+    warnings: list[str]
+    timings: dict[str, float]
+
+    @property
+    def prune_config(self) -> PruneConfig:
+        return PruneConfig.from_dict(self.config)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Pruned:
+    """The live result: the pruned model and what it takes to check it."""
+
+    model: nn.Module
+    inputs: torch.Tensor
+    base_output: torch.Tensor
+    outcome: PruneOutcome
+    tree_before: str
+    tree_after: str
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when present; an absent CUDA device is a usage error."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        return "cpu"
+    if device == "cuda" or device.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise UsageError(f"device '{device}' requested but CUDA is not available: use --device cpu or auto")
+        index = int(device.split(":")[1]) if ":" in device and device.split(":")[1].isdigit() else 0
+        if index >= torch.cuda.device_count():
+            raise UsageError(f"device '{device}' does not exist: {torch.cuda.device_count()} CUDA device(s) present")
+        return device
+    raise UsageError(f"unknown device '{device}': use auto, cpu, cuda or cuda:N")
+
+
+def make_importance(name: str, seed: int) -> Any:
+    import torch_pruning as tp
+
+    if name == "l2":
+        return tp.importance.GroupMagnitudeImportance(p=2)
+    if name == "l1":
+        return tp.importance.GroupMagnitudeImportance(p=1)
+    if name == "lamp":
+        return tp.importance.LAMPImportance(p=2)
+    if name == "fpgm":
+        return tp.importance.FPGMImportance(p=2)
+    if name == "random":
+        return tp.importance.RandomImportance()
+    raise UsageError(f"unknown importance '{name}'")
+
+
+def _as_modules(value: Any) -> list[nn.Module]:
+    from torch import nn
+
+    if isinstance(value, nn.Module):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [m for item in value for m in _as_modules(item)]
+    return []
+
+
+def classifier_layers(model: nn.Module) -> list[nn.Module]:
+    """The output layers to leave whole: their width is the number of classes.
+
+    Uses timm's ``get_classifier()`` (which may return several heads, e.g. a
+    distillation head) and the pretrained config's ``classifier`` names; falls
+    back to the last module with weights when neither names one.
+    """
+    found: list[nn.Module] = []
+    get_classifier = getattr(model, "get_classifier", None)
+    if callable(get_classifier):
+        found += _as_modules(get_classifier())
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    names = cfg.get("classifier") if isinstance(cfg, dict) else None
+    for name in [names] if isinstance(names, str) else list(names or []):
+        try:
+            found.append(model.get_submodule(name))
+        except AttributeError:
+            continue
+    found = [m for m in found if any(True for _ in m.parameters())]
+    if not found:
+        weighted = [m for m in model.modules() if getattr(m, "weight", None) is not None]
+        found = weighted[-1:]
+    unique: dict[int, nn.Module] = {id(m): m for m in found}
+    return list(unique.values())
+
+
+def attention_heads(model: nn.Module) -> dict[nn.Module, int]:
+    """Map each attention projection to its head count, for every module that has heads."""
+    from torch import nn
+
+    heads: dict[nn.Module, int] = {}
+    projections = (nn.Linear, nn.Conv2d)
+    for module in model.modules():
+        count = getattr(module, "num_heads", None)
+        if not isinstance(count, int) or count <= 0:
+            continue
+        kv_count = getattr(module, "num_kv_heads", None) or count
+        for attr, n in (("qkv", count), ("q", count), ("k", kv_count), ("v", kv_count), ("kv", kv_count)):
+            layer = getattr(module, attr, None)
+            if isinstance(layer, projections):
+                heads[layer] = int(n)
+    return heads
+
+
+def module_lines(model: nn.Module) -> dict[str, str]:
+    """One seed-style line per module holding tensors: ``Linear(in_features=..)``."""
+    lines = {}
+    for name, module in model.named_modules():
+        if any(True for _ in module.parameters(recurse=False)) or any(True for _ in module.buffers(recurse=False)):
+            lines[name] = f"{type(module).__name__}({module.extra_repr()})"
+    return lines
+
+
+def tensor_shapes(model: nn.Module) -> dict[str, list[int]]:
+    """Shapes of every parameter and floating buffer: catches what a repr omits."""
+    shapes = {name: list(p.shape) for name, p in model.named_parameters()}
+    shapes.update({name: list(b.shape) for name, b in model.named_buffers() if b.is_floating_point()})
+    return dict(sorted(shapes.items()))
+
+
+class _Clock:
+    """Named wall-clock timings of the recipe's steps."""
+
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
+
+
+def _where(exc: BaseException) -> str | None:
+    """``file:line in function`` of the innermost frame, for errors without a module."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return None
+    last = frames[-1]
+    path = last.filename.split("site-packages/")[-1]
+    return f"{path}:{last.lineno} in {last.name}"
+
+
+def _fail(step: str, spec: ModelSpec, exc: BaseException, module: str | None = None) -> PruneStepError:
+    return PruneStepError(step, spec.name, exc, module=module or _where(exc))
+
+
+def make_pruner(model: nn.Module, inputs: torch.Tensor, spec: ModelSpec, config: PruneConfig, seed: int) -> Any:
+    """A MetaPruner with fresh dicts: torch-pruning mutates its mutable defaults."""
+    import torch_pruning as tp
+
+    ignored = spec.ignored_layers(model) if spec.ignored_layers else classifier_layers(model)
+    heads = dict(spec.num_heads(model)) if spec.num_heads else attention_heads(model)
+    unwrapped = list(spec.unwrapped_parameters(model)) if spec.unwrapped_parameters else None
+    from pytest_tprune.pruners import builtin_pruners
+
+    pruners = builtin_pruners(model)
+    if spec.customized_pruners:
+        pruners.update(spec.customized_pruners(model))
+    return tp.pruner.MetaPruner(
+        model,
+        inputs,
+        importance=make_importance(config.importance, seed),
+        global_pruning=config.global_pruning,
+        pruning_ratio=config.ratio,
+        iterative_steps=config.iterative_steps,
+        ignored_layers=list(ignored),
+        round_to=config.round_to,
+        isomorphic=config.isomorphic,
+        num_heads=dict(heads),
+        in_channel_groups={},
+        out_channel_groups={},
+        unwrapped_parameters=unwrapped,
+        customized_pruners=pruners or None,
+    )
+
+
+def _record_group(pruner: Any, group: Any, step: int) -> GroupRecord:
+    dep = group[0].dep
+    graph = pruner.DG
+    is_out = graph.is_out_channel_pruning_fn(dep.handler)
+    channels = graph.get_out_channels(dep.target.module) if is_out else graph.get_in_channels(dep.target.module)
+    get_groups = getattr(pruner, "_get_channel_groups", None)
+    names = graph._module2name
+    members = sorted({names.get(d.target.module, "?") for d, _ in group})
+    return GroupRecord(
+        root=names.get(dep.target.module, "?"),
+        direction="out" if is_out else "in",
+        channels=int(channels or 0),
+        channel_groups=int(get_groups(group)) if callable(get_groups) else 1,
+        removed=len(group[0].idxs),
+        members=members,
+        step=step,
+    )
+
+
+def run_pruner(pruner: Any, steps: int, seed: int) -> list[GroupRecord]:
+    """Prune group by group, recording each; seeds the RNG random importance draws from."""
+    import torch
+
+    records = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for step in range(1, steps + 1):
+            for group in pruner.step(interactive=True):
+                records.append(_record_group(pruner, group, step))
+                group.prune()
+    return records
+
+
+def prune(
+    spec: ModelSpec,
+    config: PruneConfig,
+    device: str = "auto",
+    seed: int = DEFAULT_SEED,
+    model: nn.Module | None = None,
+) -> Pruned:
+    """Prune one model with one config and measure it.
+
+    ``model`` lets a caller pass a pristine copy it built earlier (it is pruned
+    in place); otherwise the model is built from ``spec`` with ``seed``.
+    """
+
+    target = resolve_device(device)
+    clock = _Clock()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with clock.step("build"):
+            try:
+                if model is None:
+                    model = build_model(spec, seed)  # checks the spec: a ModelSpecError says what to fix
+                else:
+                    check_adapters(spec, model.eval())
+                inputs = spec.make_inputs(1, seed)
+            except PruneStepError:
+                raise
+            except Exception as exc:
+                raise _fail("build", spec, exc) from exc
+            model = model.to(target)
+            inputs = inputs.to(target)
+        tree_before = repr(model)
+        modules_before, shapes_before = module_lines(model), tensor_shapes(model)
+        with clock.step("count"):
+            try:
+                base_output, flop_before = forward_with_flops(model, inputs)
+                macs_before, params_before = tp_counts(model, inputs)
+            except Exception as exc:
+                raise _fail("forward", spec, exc, failing_module(model, inputs)) from exc
+        base = output_tensor(base_output).detach()
+        names = {m: n for n, m in model.named_modules()}
+        with clock.step("trace"):
+            try:
+                pruner = make_pruner(model, inputs, spec, config, seed)
+            except Exception as exc:
+                raise _fail("trace", spec, exc) from exc
+        ignored = sorted(
+            names[m] for m in pruner.ignored_layers if m in names and any(True for _ in m.parameters(recurse=False))
+        )
+        heads = {names[m]: n for m, n in pruner.num_heads.items() if m in names}
+        with clock.step("prune"):
+            try:
+                groups = run_pruner(pruner, config.iterative_steps, seed)
+            except Exception as exc:
+                raise _fail("prune", spec, exc) from exc
+        del pruner
+        with clock.step("adapt"):
+            try:
+                adapted = _adapt(model, spec)
+            except Exception as exc:
+                raise _fail("adapt", spec, exc) from exc
+        with clock.step("count"):
+            try:
+                pruned_output, flop_after = forward_with_flops(model, inputs)
+                macs_after, params_after = tp_counts(model, inputs)
+            except Exception as exc:
+                raise _fail("forward", spec, exc, failing_module(model, inputs)) from exc
+    outcome = PruneOutcome(
+        model=spec.name,
+        config=config.to_dict(),
+        device=target,
+        input_size=list(inputs.shape[1:]),
+        modules_before=modules_before,
+        modules_after=module_lines(model),
+        shapes_before=shapes_before,
+        shapes_after=tensor_shapes(model),
+        macs_before=macs_before,
+        macs_after=macs_after,
+        params_before=params_before,
+        params_after=params_after,
+        flop_macs_before=flop_before,
+        flop_macs_after=flop_after,
+        output_shape_before=list(base.shape),
+        output_shape_after=[int(d) for d in output_tensor(pruned_output).shape],
+        ignored=ignored,
+        heads=heads,
+        groups=groups,
+        adapted=adapted,
+        warnings=_unique_messages(caught),
+        timings={k: round(v, 4) for k, v in clock.timings.items()},
+    )
+    return Pruned(model, inputs, base, outcome, tree_before, repr(model))
+
+
+def _adapt(model: nn.Module, spec: ModelSpec) -> list[str]:
+    from pytest_tprune.adapters import apply_adapters, type_key
+
+    extra = {type_key(cls): fn for cls, fn in spec.adapters.items()}
+    return apply_adapters(model, extra)
+
+
+def _unique_messages(caught: list[warnings.WarningMessage]) -> list[str]:
+    seen: dict[str, None] = {}
+    for item in caught:
+        text = str(item.message).strip().splitlines()[0][:300] if str(item.message).strip() else ""
+        if text:
+            seen.setdefault(f"{item.category.__name__}: {text}", None)
+    return list(seen)

@@ -1,0 +1,490 @@
+"""``tprune compare`` and ``tprune merge`` on hand-made run reports (no model is pruned here)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_tprune.compare import compare_main, compare_reports, load_report, merge_main
+from pytest_tprune.report import REPORT_SCHEMA
+
+OLD_ENV = {
+    "python": "3.11.9",
+    "platform": "Linux-6.5.0-x86_64-with-glibc2.35",
+    "device": "cpu",
+    "torch": "2.15.0",
+    "timm": "1.0.29",
+    "torch-pruning": "1.6.0",
+    "cuda": None,
+    "cudnn": None,
+}
+NEW_ENV = {**OLD_ENV, "timm": "1.0.31", "torch-pruning": "1.6.1"}
+SETTINGS = {"ratios": [0.5], "modes": ["local", "global"], "shard": None}
+
+
+def case(model: str, config_id: str = "r0.5-local", outcome: str = "passed", **extra: Any) -> dict[str, Any]:
+    """One report row; a passed or failed-at-a-check case has figures, as a pruned case does."""
+    row: dict[str, Any] = {
+        "nodeid": f"tests/test_prune.py::test_prune[{model}-{config_id}]",
+        "model": model,
+        "config_id": config_id,
+        "config": {
+            "ratio": 0.5,
+            "global_pruning": "global" in config_id,
+            "importance": "l2",
+            "round_to": None,
+            "iterative_steps": 1,
+            "isomorphic": False,
+        },
+        "outcome": outcome,
+        "failed_check": None,
+        "reason": None,
+        "duration": 0.5,
+    }
+    row.update(extra)
+    return row
+
+
+def kept(before: float, after: float) -> float:
+    return round(after / before, 6) if before else 1.0
+
+
+def figures(params: tuple[int, int], macs: tuple[int, int], flops: tuple[int, int] | None = None) -> dict[str, Any]:
+    flops = flops or macs
+    return {
+        "params_before": params[0],
+        "params_after": params[1],
+        "macs_before": macs[0],
+        "macs_after": macs[1],
+        "flop_macs_before": flops[0],
+        "flop_macs_after": flops[1],
+        "kept_params": kept(*params),
+        "kept_macs": kept(*macs),
+        "kept_flop_macs": kept(*flops),
+        "counter_disagreement": round(kept(*macs) - kept(*flops), 6),
+        "device": "cpu",
+    }
+
+
+def document(env: dict[str, Any], cases: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    return {
+        "schema": REPORT_SCHEMA,
+        "tool": "pytest-tprune",
+        "environment": env,
+        "settings": SETTINGS,
+        "unused_goldens": [],
+        "golden_written": [],
+        "cases": cases,
+        **extra,
+    }
+
+
+def write(path: Path, data: Any) -> str:
+    path.write_text(data if isinstance(data, str) else json.dumps(data), encoding="utf-8")
+    return str(path)
+
+
+RESNET50 = figures((25_557_032, 6_400_000), (4_130_000_000, 1_050_000_000))
+RESNET50_NEW = figures((25_557_032, 6_100_000), (4_130_000_000, 990_000_000), (4_130_000_000, 1_010_000_000))
+VIT_MACS = (4_250_000_000, 1_000_000_000)
+DEIT = figures((5_717_416, 1_500_000), (1_260_000_000, 330_000_000))
+DEIT_NEW = figures((5_717_800, 1_500_100), (1_260_000_000, 330_000_000))
+
+
+def upgrade_pair() -> tuple[dict[str, Any], dict[str, Any]]:
+    """A timm + torch-pruning bump with one case in every group (the sample in docs/upgrades.md)."""
+    old = [
+        case("convnext_tiny", outcome="failed", failed_check="forward", duration=3.1),
+        case("deit_tiny_patch16_224", **DEIT),
+        case("efficientnet_b0", **figures((5_288_548, 1_400_000), (400_000_000, 110_000_000))),
+        case(
+            "mobilenetv3_small_100",
+            "r0.5-global",
+            outcome="xfailed",
+            failed_check="prune:trace",
+            reason="known failure: hard-swish gate is not traced",
+        ),
+        case("regnetx_002"),
+        case("resnet18", duration=0.2),
+        case("resnet50", duration=2.0, durations={"build": 0.3, "prune": 1.2, "forward": 0.4}, **RESNET50),
+        case("vit_small_patch16_224", "r0.5-global", **figures((22_050_664, 5_600_000), VIT_MACS)),
+    ]
+    new = [
+        case("convnext_tiny", duration=3.3),
+        case("deit_tiny_patch16_224", **DEIT_NEW),
+        case(
+            "efficientnet_b0",
+            outcome="error",
+            failed_check="prune:trace",
+            reason="torch-pruning could not trace SqueezeExcite: KeyError 'conv_reduce'",
+        ),
+        case("fastvit_t8"),
+        case("levit_128", outcome="failed", failed_check="shapes"),
+        case("mobilenetv3_small_100", "r0.5-global", outcome="xpassed"),
+        case("resnet18", duration=0.9),
+        case("resnet50", duration=9.5, durations={"build": 0.3, "prune": 8.4, "forward": 0.5}, **RESNET50_NEW),
+        case(
+            "vit_small_patch16_224",
+            "r0.5-global",
+            outcome="failed",
+            failed_check="golden",
+            **figures((22_050_664, 5_590_000), VIT_MACS),
+        ),
+    ]
+    return document(OLD_ENV, old), document(NEW_ENV, new)
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> tuple[str, str]:
+    old, new = upgrade_pair()
+    return write(tmp_path / "pinned.json", old), write(tmp_path / "latest.json", new)
+
+
+def labels(items: list[Any]) -> list[str]:
+    return [getattr(item, "case", item).label for item in items]
+
+
+# --- the groups ---------------------------------------------------------------------------------------------------
+
+
+def test_every_difference_lands_in_its_group(pair: tuple[str, str]) -> None:
+    result = compare_reports(load_report(pair[0]), load_report(pair[1]))
+    assert labels(result.regressions) == ["efficientnet_b0 [r0.5-local]", "vit_small_patch16_224 [r0.5-global]"]
+    assert labels(result.disappeared) == ["regnetx_002 [r0.5-local]"]
+    assert labels(result.fixed) == ["convnext_tiny [r0.5-local]"]
+    assert labels(result.changed) == ["mobilenetv3_small_100 [r0.5-global]"]
+    assert labels(result.appeared) == ["levit_128 [r0.5-local]", "fastvit_t8 [r0.5-local]"]  # failing first
+    # resnet50 lost 4.7% of its kept params, deit gained a few: largest relative change first
+    assert labels(result.figures) == [
+        "resnet50 [r0.5-local]",
+        "vit_small_patch16_224 [r0.5-global]",
+        "deit_tiny_patch16_224 [r0.5-local]",
+    ]
+    # resnet18 went 0.2 s -> 0.9 s: 4.5x, but under a second, so it is noise
+    assert labels(result.durations) == ["resnet50 [r0.5-local]"]
+    assert result.environment == [("timm", "1.0.29", "1.0.31"), ("torch-pruning", "1.6.0", "1.6.1")]
+    assert result.compared == 7  # regnetx_002 is in OLD only
+    assert result.regressed and result.exit_status == 1
+
+
+def test_text_output_reads_as_a_review(pair: tuple[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert compare_main(list(pair)) == 1
+    out, err = capsys.readouterr()
+    assert err == ""
+    lines = out.splitlines()
+    assert lines[1] == "environment: timm 1.0.29 -> 1.0.31, torch-pruning 1.6.0 -> 1.6.1"
+    assert "  unchanged: torch 2.15.0, python 3.11.9, cuda none, cudnn none, device cpu" in lines
+    assert "Regressions: newly failing (2)" in lines
+    assert "  vit_small_patch16_224 [r0.5-global]: passed -> failed (golden)" in lines
+    assert "  efficientnet_b0 [r0.5-local]: passed -> error (prune:trace)" in lines
+    assert "      reason: torch-pruning could not trace SqueezeExcite: KeyError 'conv_reduce'" in lines
+    assert "  regnetx_002 [r0.5-local]: was passed" in lines
+    assert "  convnext_tiny [r0.5-local]: failed (forward) -> passed" in lines
+    assert "  mobilenetv3_small_100 [r0.5-global]: xfailed (prune:trace) -> xpassed" in lines
+    assert "      note: a known failure now passes: drop its known_failure" in lines
+    assert "  levit_128 [r0.5-local]: failed (shapes)" in lines
+    assert "      params after                  6,400,000 -> 6,100,000 (-4.69%)" in lines
+    assert "      MACs after (torch-pruning)    1,050,000,000 -> 990,000,000 (-5.71%)" in lines
+    assert "      MACs after (FlopCounterMode)  1,050,000,000 -> 1,010,000,000 (-3.81%)" in lines
+    assert "      params before  5,717,416 -> 5,717,800 (+0.01%)" in lines
+    assert "Duration changes: >= 2x and >= 1 s (1)" in lines
+    assert "  resnet50 [r0.5-local]: 2.00 s -> 9.50 s (4.75x slower; most in prune: +7.20 s)" in lines
+    assert lines[-1] == (
+        "REGRESSED: 2 newly failing, 1 disappeared, 1 fixed, 1 changed behaviour, 3 with changed figures, "
+        "2 appeared, 1 with a duration change (7 cases in both reports)"
+    )
+    # groups come in a fixed order: what blocks the upgrade first
+    order = ["Regressions", "Disappeared", "Fixed", "Changed behaviour", "Figures changed", "Appeared", "Duration"]
+    positions = [next(i for i, line in enumerate(lines) if line.startswith(title)) for title in order]
+    assert positions == sorted(positions)
+
+
+def test_fixed_changed_appeared_and_figures_alone_do_not_fail(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    old, new = upgrade_pair()
+    new["cases"] = [c for c in new["cases"] if c["outcome"] not in ("failed", "error") or c["model"] == "levit_128"]
+    gone = ("regnetx_002", "efficientnet_b0", "vit_small_patch16_224")
+    old["cases"] = [c for c in old["cases"] if c["model"] not in gone]
+    assert compare_main([write(tmp_path / "a.json", old), write(tmp_path / "b.json", new)]) == 0
+    out = capsys.readouterr().out
+    assert "xfailed (prune:trace) -> xpassed" in out  # a strict xfail that passes is to review, not a regression
+    assert "levit_128 [r0.5-local]: failed (shapes)" in out  # appeared failing: shown, but no past to regress from
+    assert out.splitlines()[-1].startswith("OK: 1 fixed, 1 changed behaviour, 2 with changed figures, 2 appeared")
+
+
+def test_a_disappeared_case_alone_is_a_regression(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    old = document(OLD_ENV, [case("resnet18"), case("resnet18", "r0.5-global")])
+    new = document(OLD_ENV, [case("resnet18")])
+    assert compare_main([write(tmp_path / "a.json", old), write(tmp_path / "b.json", new)]) == 1
+    out = capsys.readouterr().out
+    assert "environment: unchanged" in out
+    assert "Disappeared: counted as regressions (1)\n  resnet18 [r0.5-global]: was passed\n" in out
+    assert out.endswith("REGRESSED: 1 disappeared (1 cases in both reports)\n")
+
+
+def test_identical_reports_say_so(pair: tuple[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert compare_main([pair[1], pair[1]]) == 0
+    assert capsys.readouterr().out.endswith("\nOK: no differences (9 cases in both reports)\n")
+
+
+def test_still_failing_at_another_check_is_changed_not_regressed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    old = document(OLD_ENV, [case("resnet18", outcome="failed", failed_check="forward")])
+    new = document(OLD_ENV, [case("resnet18", outcome="failed", failed_check="golden")])
+    assert compare_main([write(tmp_path / "a.json", old), write(tmp_path / "b.json", new)]) == 0
+    out = capsys.readouterr().out
+    assert "  resnet18 [r0.5-local]: failed (forward) -> failed (golden)\n" in out
+    assert "      note: still failing, at another check\n" in out
+
+
+def test_cases_match_by_model_and_config_not_nodeid(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    old = document(OLD_ENV, [case("resnet18", nodeid="tests/test_prune.py::test_prune[resnet18-r0.5-local]")])
+    new = document(OLD_ENV, [case("resnet18", nodeid="tests/test_timm.py::test_timm[resnet18-r0.5-local]")])
+    assert compare_main([write(tmp_path / "a.json", old), write(tmp_path / "b.json", new)]) == 0
+    assert capsys.readouterr().out.endswith("OK: no differences (1 cases in both reports)\n")
+
+
+def test_a_pair_in_several_tests_is_keyed_by_nodeid_too(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    shapes, forward = "tests/test_a.py::test_shapes[resnet18]", "tests/test_a.py::test_forward[resnet18]"
+    old = document(OLD_ENV, [case("resnet18", nodeid=shapes), case("resnet18", nodeid=forward)])
+    new = document(
+        OLD_ENV,
+        [case("resnet18", nodeid=shapes), case("resnet18", nodeid=forward, outcome="failed", failed_check="forward")],
+    )
+    assert compare_main([write(tmp_path / "a.json", old), write(tmp_path / "b.json", new)]) == 1
+    out = capsys.readouterr().out
+    assert f"  resnet18 [r0.5-local] ({forward}): passed -> failed (forward)" in out
+    assert shapes not in out
+
+
+def test_duration_threshold_is_an_option(pair: tuple[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    compare_main([*pair, "--duration-threshold", "5"])
+    out = capsys.readouterr().out
+    assert "Duration changes" not in out and "resnet50 [r0.5-local]: 2.00 s" not in out
+    compare_main([*pair, "--duration-threshold", "1.5"])
+    assert "Duration changes: >= 1.5x and >= 1 s (1)" in capsys.readouterr().out
+
+
+def test_the_sample_in_the_docs_is_current(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    docs = Path(__file__).resolve().parents[1] / "docs" / "upgrades.md"
+    if not docs.is_file():
+        pytest.skip("docs/upgrades.md is not part of this checkout")
+    sample = docs.read_text(encoding="utf-8").split("```text\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "reports").mkdir()
+    old, new = upgrade_pair()
+    write(tmp_path / "reports" / "pinned.json", old)
+    write(tmp_path / "reports" / "latest.json", new)
+    monkeypatch.chdir(tmp_path)
+    assert compare_main(["reports/pinned.json", "reports/latest.json"]) == 1
+    assert capsys.readouterr().out == sample
+
+
+# --- markdown and json ----------------------------------------------------------------------------------------------
+
+
+def test_markdown_is_a_pull_request_comment(pair: tuple[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert compare_main([*pair, "--format", "markdown"]) == 1
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0] == "## tprune compare: regressed"
+    assert "**Environment:** timm `1.0.29` -> `1.0.31`, torch-pruning `1.6.0` -> `1.6.1`" in lines
+    assert "### Regressions: newly failing (2)" in lines
+    assert "| case | before | after | reason / note |" in lines
+    assert "| `vit_small_patch16_224` r0.5-global | passed | failed (golden) |  |" in lines
+    assert (
+        "| `mobilenetv3_small_100` r0.5-global | xfailed (prune:trace) | xpassed | "
+        "(a known failure now passes: drop its known_failure) |"
+    ) in lines
+    assert "### Figures changed: largest relative change first (3)" in lines
+    assert "| `resnet50` r0.5-local | params after | 6,400,000 | 6,100,000 | -4.69% |" in lines
+    assert "|  | MACs after (FlopCounterMode) | 1,050,000,000 | 1,010,000,000 | -3.81% |" in lines
+    assert "| `resnet50` r0.5-local | 2.00 s | 9.50 s | 4.75x slower | most in prune: +7.20 s |" in lines
+
+
+def test_markdown_escapes_pipes_in_reasons(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    old = document(OLD_ENV, [case("resnet18")])
+    new = document(OLD_ENV, [case("resnet18", outcome="skipped", reason="needs a | b\nsecond line")])
+    compare_main([write(tmp_path / "a.json", old), write(tmp_path / "b.json", new), "--format", "markdown"])
+    assert "| `resnet18` r0.5-local | passed | skipped | needs a \\| b second line " in capsys.readouterr().out
+
+
+def test_json_has_the_same_groups(pair: tuple[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert compare_main([*pair, "--format", "json"]) == 1
+    data = json.loads(capsys.readouterr().out)
+    assert data["verdict"] == "regressed" and data["exit_status"] == 1
+    assert data["counts"] == {
+        "regressions": 2,
+        "disappeared": 1,
+        "fixed": 1,
+        "changed": 1,
+        "figures": 3,
+        "appeared": 2,
+        "durations": 1,
+    }
+    assert data["environment"]["changed"] == {
+        "timm": {"old": "1.0.29", "new": "1.0.31"},
+        "torch-pruning": {"old": "1.6.0", "new": "1.6.1"},
+    }
+    vit = data["regressions"][1]
+    assert (vit["model"], vit["config_id"]) == ("vit_small_patch16_224", "r0.5-global")
+    assert vit["old"]["outcome"] == "passed" and vit["new"]["failed_check"] == "golden"
+    assert data["disappeared"][0]["new"] is None
+    resnet = data["figures"][0]
+    assert resnet["model"] == "resnet50"
+    assert resnet["figures"]["flop_macs_after"] == {"old": 1.05e9, "new": 1.01e9, "relative": -0.038095}
+    assert data["durations"][0]["step"] == "prune" and data["durations"][0]["factor"] == 4.75
+
+
+def test_json_from_zero_has_no_infinity(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    old = document(OLD_ENV, [case("resnet18", duration=0, **figures((10, 5), (0, 0)))])
+    new = document(OLD_ENV, [case("resnet18", duration=3, **figures((10, 5), (0, 7)))])
+    compare_main([write(tmp_path / "a.json", old), write(tmp_path / "b.json", new), "--format", "json"])
+    text = capsys.readouterr().out
+    assert "Infinity" not in text
+    assert json.loads(text)["figures"][0]["figures"]["macs_after"]["relative"] is None
+
+
+# --- bad input: exit 2, one line, no traceback ----------------------------------------------------------------------
+
+
+def bad_input(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    assert compare_main(list(argv)) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and "Traceback" not in err
+    return err
+
+
+def test_missing_file(pair: tuple[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = str(tmp_path / "nope.json")
+    assert bad_input(capsys, pair[0], missing) == f"tprune compare: error: {missing}: no such file\n"
+
+
+def test_not_json(pair: tuple[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path / "junk.json", "<html>502 Bad Gateway</html>")
+    err = bad_input(capsys, path, pair[1])
+    assert err == f"tprune compare: error: {path} is not JSON (Expecting value at line 1, column 1)\n"
+    binary = tmp_path / "report.json.gz"
+    binary.write_bytes(b"\x1f\x8b\x08\x00\xff\xfe")
+    assert "is not JSON (not UTF-8 text)" in bad_input(capsys, str(binary), pair[1])
+
+
+@pytest.mark.parametrize("content", [[1, 2], {"cases": []}, {"tool": "pytest-benchmark", "schema": 1}])
+def test_not_a_tprune_report(
+    content: Any, pair: tuple[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path / "other.json", content)
+    err = bad_input(capsys, pair[0], path)
+    assert err == (
+        f"tprune compare: error: {path} is not a pytest-tprune report (write one with pytest --tprune-report PATH)\n"
+    )
+
+
+def test_schema_mismatch_names_both_versions(
+    pair: tuple[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    future = {**json.loads(Path(pair[1]).read_text()), "schema": REPORT_SCHEMA + 1}
+    path = write(tmp_path / "future.json", future)
+    err = bad_input(capsys, pair[0], path)
+    assert f"has report schema {REPORT_SCHEMA + 1}, this pytest-tprune reads schema {REPORT_SCHEMA}" in err
+
+
+def test_malformed_cases(pair: tuple[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path / "a.json", document(OLD_ENV, [{"model": "resnet18"}]))
+    assert "case 0 has no text 'nodeid'" in bad_input(capsys, path, pair[1])
+    path = write(tmp_path / "b.json", document(OLD_ENV, [case("resnet18", outcome="exploded")]))
+    assert "case 0 has an unknown outcome 'exploded'" in bad_input(capsys, path, pair[1])
+    path = write(tmp_path / "c.json", document(OLD_ENV, [case("resnet18"), case("resnet18")]))
+    assert "has case tests/test_prune.py::test_prune[resnet18-r0.5-local] twice" in bad_input(capsys, path, pair[1])
+
+
+def test_usage_errors(pair: tuple[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert "the following arguments are required: NEW.json" in bad_input(capsys, pair[0])
+    assert "invalid choice: 'html'" in bad_input(capsys, *pair, "--format", "html")
+    assert "--duration-threshold must be a factor above 1, got 0.5" in bad_input(
+        capsys, *pair, "--duration-threshold", "0.5"
+    )
+    assert compare_main(["--help"]) == 0
+    assert "OLD.json NEW.json" in capsys.readouterr().out
+
+
+def test_the_command_line(pair: tuple[str, str]) -> None:
+    """``python -m pytest_tprune compare``: what CI runs (needs cli.py to dispatch to pytest_tprune.compare)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest_tprune", "compare", *pair, "--format", "markdown"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr
+    assert done.stdout.startswith("## tprune compare: regressed\n")
+    assert "Traceback" not in done.stderr
+
+
+# --- merge ----------------------------------------------------------------------------------------------------------
+
+
+def shard(k: int, cases: list[dict[str, Any]], env: dict[str, Any] = OLD_ENV) -> dict[str, Any]:
+    doc = document(env, cases)
+    doc["settings"] = {**SETTINGS, "shard": [k, 3]}
+    return doc
+
+
+def test_merge_concatenates_shards(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    paths = [
+        write(tmp_path / "s1.json", shard(1, [case("resnet50"), case("deit_tiny_patch16_224")])),
+        write(tmp_path / "s2.json", shard(2, [case("convnext_tiny")], {**OLD_ENV, "platform": "Linux-6.8.0"})),
+        write(tmp_path / "s3.json", shard(3, [])),
+    ]
+    out = tmp_path / "merged" / "pinned.json"
+    assert merge_main([str(out), *paths]) == 0
+    assert capsys.readouterr().out == f"tprune merge: 3 report(s), 3 case(s) -> {out}\n"
+    merged = load_report(str(out)).document
+    assert [c["model"] for c in merged["cases"]] == ["convnext_tiny", "deit_tiny_patch16_224", "resnet50"]
+    assert merged["settings"] == {
+        "ratios": [0.5],
+        "modes": ["local", "global"],
+        "shard": None,
+        "merged_shards": [[1, 3], [2, 3], [3, 3]],
+    }
+    assert merged["environment"]["platform"] == "Linux-6.5.0-x86_64-with-glibc2.35 | Linux-6.8.0"
+    assert merged["environment"]["timm"] == "1.0.29"
+
+
+def test_merge_warns_about_a_missing_shard(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    paths = [write(tmp_path / "s1.json", shard(1, [case("a")])), write(tmp_path / "s3.json", shard(3, [case("b")]))]
+    assert merge_main([str(tmp_path / "m.json"), *paths]) == 0
+    warning = "tprune merge: warning: shard(s) 2/3 missing: the merged report covers part of the run\n"
+    assert capsys.readouterr().err == warning
+
+
+def test_merge_refuses_inconsistent_shards(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = str(tmp_path / "m.json")
+    one = write(tmp_path / "s1.json", shard(1, [case("resnet50")]))
+    dup = write(tmp_path / "s2.json", shard(2, [case("resnet50")]))
+    assert merge_main([out, one, dup]) == 2
+    err = capsys.readouterr().err
+    nodeid = "tests/test_prune.py::test_prune[resnet50-r0.5-local]"
+    assert err == f"tprune merge: error: case {nodeid} is in both {one} and {dup}\n"
+    other = write(tmp_path / "s3.json", shard(3, [case("deit")], NEW_ENV))
+    assert merge_main([out, one, other]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"tprune merge: error: {other} ran with timm 1.0.31, {one} with 1.0.29: merge only the shards of one run\n"
+    )
+    ratios = shard(2, [case("deit")])
+    ratios["settings"]["ratios"] = [0.3]
+    assert merge_main([out, one, write(tmp_path / "r.json", ratios)]) == 2
+    assert "ran with ratios 0.3" in capsys.readouterr().err
+    assert merge_main([out, one, str(tmp_path / "absent.json")]) == 2
+    assert "absent.json: no such file" in capsys.readouterr().err
+    assert not Path(out).exists()
