@@ -170,9 +170,9 @@ def check_adapters(spec: ModelSpec, model: nn.Module) -> None:
     unused = unused_adapter_types(model, [type_key(cls) for cls in spec.adapters])
     if unused:
         message = (
-            f"adapter type(s) {', '.join(unused)} of model '{spec.name}' never occur in the model: "
-            "most likely a typo or the wrong class; key ModelSpec.adapters by a module class the model "
-            "contains (or remove the entry)"
+            f"adapt failed for model '{spec.name}': ModelSpec.adapters names type(s) that never occur in the "
+            f"model: {', '.join(unused)}: most likely a typo or the wrong class; key the adapter by a module "
+            "class the model contains (or remove the entry)"
         )
         raise ModelSpecError("adapt", spec.name, LookupError(message), message)
 

@@ -177,21 +177,37 @@ def tprune_case(request: pytest.FixtureRequest) -> Generator[TpruneCase, None, N
         spec,
         param.config,
         CaseSettings(
-            settings.device,
-            settings.golden_dir,
-            settings.update_golden,
-            settings.seed,
-            _timeout(spec, param, settings.timeout),
+            device=settings.device,
+            golden_dir=settings.golden_dir,
+            update_golden=settings.update_golden,
+            seed=settings.seed,
+            timeout=_timeout(spec, param, settings.timeout),
+            checks=settings.checks,
         ),
     )
     node = request.node
     node.user_properties.append(
         (CASE_KEY, {"model": param.model, "config_id": param.config.config_id, "config": param.config.to_dict()})
     )
+    _skip_if_too_big(spec)
     yield case
     if "pruned" in case.__dict__:
         node.user_properties.append((FIGURES_KEY, case.summary_row()))
     node.user_properties.extend((WRITTEN_KEY, path) for path in case.golden_written)
+
+
+_TOO_BIG: dict[str, str | None] = {}
+
+
+def _skip_if_too_big(spec: ModelSpec) -> None:
+    """Skip, with the reason, a model this worker cannot hold (checked once per model)."""
+    from pytest_tprune.case import too_big_reason
+
+    if spec.name not in _TOO_BIG:
+        _TOO_BIG[spec.name] = too_big_reason(spec)
+    reason = _TOO_BIG[spec.name]
+    if reason:
+        pytest.skip(reason)
 
 
 def _timeout(spec: ModelSpec, param: CaseParam, configured: float | None) -> float | None:

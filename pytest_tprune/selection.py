@@ -21,6 +21,18 @@ if TYPE_CHECKING:
     from pytest_tprune.settings import Settings
 
 DEFAULT_TIMM_MODELS = ("test_*",)
+FAMILIES_TOKEN = "@families"
+"""Stands, in a models list, for the smallest model of every timm family (see ``zoo.py``)."""
+
+
+def expand_tokens(patterns: tuple[str, ...]) -> tuple[str, ...]:
+    """Replace ``@families`` by the family representatives' names."""
+    if FAMILIES_TOKEN not in patterns:
+        return patterns
+    from pytest_tprune.zoo import load_representatives
+
+    families = sorted(set(load_representatives().values()))
+    return tuple(p for p in patterns if p != FAMILIES_TOKEN) + tuple(families)
 
 
 def downstream_specs(config: pytest.Config) -> dict[str, ModelSpec]:
@@ -31,7 +43,10 @@ def downstream_specs(config: pytest.Config) -> dict[str, ModelSpec]:
             if not isinstance(spec, ModelSpec):
                 raise UsageError(f"pytest_tprune_models returned {type(spec).__name__}, expected ModelSpec objects")
             if spec.name in specs and specs[spec.name] is not spec:
-                raise UsageError(f"model '{spec.name}' is provided twice: give each model a unique name")
+                raise UsageError(
+                    f"model '{spec.name}' is provided twice (by register_model or pytest_tprune_models hooks): "
+                    "give each model a unique name"
+                )
             specs[spec.name] = spec
     return specs
 
@@ -45,7 +60,7 @@ def select_models(config: pytest.Config, settings: Settings) -> dict[str, ModelS
     from pytest_tprune.models import timm_model_names, timm_spec
 
     extra = downstream_specs(config)
-    patterns = settings.models or (tuple(sorted(extra)) if extra else DEFAULT_TIMM_MODELS)
+    patterns = expand_tokens(settings.models or (tuple(sorted(extra)) if extra else DEFAULT_TIMM_MODELS))
     timm_names = set(timm_model_names())
     clash = sorted(timm_names & set(extra))
     if clash:

@@ -39,6 +39,13 @@ OPTIONS: tuple[tuple[str, str, str | None, bool], ...] = (
     ("timeout", "per-case time limit in seconds, 0 for none (default: 300)", "300", False),
     ("shard", "run only shard K of N of the cases, as K/N (deterministic)", None, False),
     ("seed", "seed of weight init and inputs (default: 0)", "0", False),
+    (
+        "checks",
+        "checks check_all() runs: forward,shapes,golden,reduction (default: all); "
+        "e.g. 'forward,shapes,reduction' for a zoo sweep without goldens",
+        None,
+        False,
+    ),
 )
 
 
@@ -80,6 +87,7 @@ class Settings:
     timeout: float | None
     shard: tuple[int, int] | None
     seed: int
+    checks: tuple[str, ...]
 
 
 def _number(text: str, what: str, minimum: float) -> float:
@@ -151,4 +159,17 @@ def parse_settings(config: pytest.Config) -> Settings:
         timeout=timeout or None,
         shard=parse_shard(shard) if shard else None,
         seed=int(seed),
+        checks=parse_checks(_text(config, "checks", None)),
     )
+
+
+def parse_checks(text: str | None) -> tuple[str, ...]:
+    from pytest_tprune.case import CHECKS
+
+    if text is None:
+        return CHECKS
+    chosen = split_list(text, "check")
+    unknown = [c for c in chosen if c not in CHECKS]
+    if unknown:
+        raise UsageError(f"unknown check(s) {', '.join(unknown)}: choose from {', '.join(CHECKS)}")
+    return tuple(c for c in CHECKS if c in chosen)

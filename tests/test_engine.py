@@ -102,7 +102,7 @@ def test_adapter_registered_on_the_spec_fixes_the_stale_size() -> None:
         module.width = module.conv.out_channels
 
     result = prune(_stale_spec(adapters={_StaleReshape: fix}), PruneConfig(0.5), device="cpu")
-    assert result.model.width == 4 and result.outcome.adapted == [""]
+    assert result.model.width == 4 and "" in result.outcome.adapted
 
 
 def test_ratio_zero_changes_nothing() -> None:
