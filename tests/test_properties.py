@@ -1,0 +1,250 @@
+"""Property-based pruning correctness: Hypothesis searches the config space of every timm ``test_*`` model.
+
+Each property is a check of :mod:`pytest_tprune.properties` run on configs drawn
+by :func:`pytest_tprune.strategies.prune_configs`; a counterexample shrinks to a
+minimal config and the failure message starts with the ``tprune`` command line
+that replays it. What each property asserts and where it holds is in
+``docs/properties.md``.
+
+Models are parametrized from a sorted list (Hypothesis only draws inside the
+``@given`` bodies), so every xdist worker collects the same tests. Models with a
+known failure in every mode (``pytest_tprune/known.py``) are skipped with its
+cause; a failure known for one mode only (``test_vit3`` global) discards the
+examples of that mode. Each model is built (and perturbed) once per module and
+deep-copied for every example, because pruning works in place and Hypothesis
+does not reset fixtures between examples.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import pytest
+from hypothesis import assume, given, note
+
+from pytest_tprune import properties as props
+from pytest_tprune.config import PruneConfig
+from pytest_tprune.errors import PruneStepError
+from pytest_tprune.known import known_failure
+from pytest_tprune.models import ModelSpec, build_model, timm_model_names, timm_spec
+from pytest_tprune.pruning import Pruned, prune, tensor_shapes
+from pytest_tprune.strategies import prune_configs, ratios, reproduce_command
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+SEED = 0
+MODELS = sorted(timm_model_names("test_*"))
+
+
+FOUND: dict[str, str] = {
+    "test_vit3": "found by test_forward_validity, not yet in known.py: uniform mode fails too, "
+    "'tprune --model test_vit3 --pruning_ratio 0.01' raises in AttentionPoolLatent.forward: it reshapes "
+    "the attention output (3 heads x int(32 (1 - r))) to its input width int(96 (1 - r)); "
+    "pinned in test_property_checks.py",
+}
+"""Models whose fully pruned forward fails for most uniform configs (besides ``known.py``): the
+properties that run the pruned model are skipped for them; the others still check them."""
+
+
+SAVE_LOAD_FOUND: dict[str, str] = {
+    "test_byobnet": "found by test_save_load_reproduces, for every config (ratio 0 included): "
+    "torch_pruning.state_dict records read-only properties (timm ConvNormAct.in_channels) as attributes and "
+    "load_state_dict fails setting them; pinned in test_property_checks.py",
+}
+
+
+def _model_params(needs_forward: bool = False, found: dict[str, str] | None = None) -> list[object]:
+    params: list[object] = []
+    for name in MODELS:
+        causes = known_failure(name) or {}
+        everywhere = causes.get("*") or (causes.get("local") if causes.get("global") else None)
+        if everywhere:
+            marks = [pytest.mark.skip(reason=f"known failure in every mode: {everywhere}")]
+        elif needs_forward and name in FOUND:
+            marks = [pytest.mark.skip(reason=FOUND[name])]
+        elif found and name in found:
+            marks = [pytest.mark.skip(reason=found[name])]
+        else:
+            marks = []
+        params.append(pytest.param(name, marks=marks, id=name))
+    return params
+
+
+MODEL_PARAMS = _model_params()
+RUNNING_MODEL_PARAMS = _model_params(needs_forward=True)
+SAVE_LOAD_MODEL_PARAMS = _model_params(needs_forward=True, found=SAVE_LOAD_FOUND)
+
+
+@functools.cache
+def _pristine(name: str) -> tuple[ModelSpec, nn.Module]:
+    spec = timm_spec(name)
+    return spec, build_model(spec, SEED)
+
+
+@functools.cache
+def _perturbed(name: str) -> nn.Module:
+    return props.perturb(copy.deepcopy(_pristine(name)[1]), SEED)
+
+
+@functools.cache
+def _batch(name: str) -> torch.Tensor:
+    return _pristine(name)[0].make_inputs(2, SEED)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread_and_release_models() -> Iterator[None]:
+    """One torch thread per process while this module runs (``-n auto`` already uses every core,
+    and tiny models gain nothing from intra-op threads); models are cached for this module only."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    for cached in (_pristine, _perturbed, _batch):
+        cached.cache_clear()
+
+
+def _header(name: str, config: PruneConfig, perturbed: bool = False) -> str:
+    line = f"{name} {config.config_id}: reproduce with\n  {reproduce_command(name, config, SEED)}"
+    if perturbed:
+        line += f"\n  (after pytest_tprune.properties.perturb(model, seed={SEED}), which the check applies first)"
+    return line
+
+
+def _start(name: str, config: PruneConfig, perturbed: bool = False) -> ModelSpec:
+    """Common start of an example: discard modes known to fail, say how to replay it."""
+    spec = _pristine(name)[0]
+    assume(spec.failure_reason(config.mode) is None)
+    note(_header(name, config, perturbed))
+    return spec
+
+
+def _engine(name: str, config: PruneConfig) -> Pruned:
+    """Prune a deep copy with the engine; a failing step fails the example with the command line."""
+    spec, model = _pristine(name)
+    try:
+        return prune(spec, config, "cpu", SEED, model=copy.deepcopy(model))
+    except PruneStepError as exc:
+        pytest.fail(props.format_problems(_header(name, config), [str(exc)]), pytrace=False)
+
+
+def _recorded(name: str, config: PruneConfig, perturbed: bool = False) -> props.RecordedPrune:
+    """Prune a deep copy with the recording driver (bit-identical to the engine: see test_deterministic)."""
+    spec, model = _pristine(name)
+    source = _perturbed(name) if perturbed else model
+    try:
+        return props.record_prune(spec, copy.deepcopy(source), spec.make_inputs(1, SEED), config, SEED)
+    except Exception as exc:
+        problem = f"pruning failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        pytest.fail(props.format_problems(_header(name, config, perturbed), [problem]), pytrace=False)
+
+
+def _expect_none(name: str, config: PruneConfig, problems: list[str], perturbed: bool = False) -> None:
+    __tracebackhide__ = True
+    if problems:
+        pytest.fail(props.format_problems(_header(name, config, perturbed), problems), pytrace=False)
+
+
+@pytest.mark.parametrize("model", RUNNING_MODEL_PARAMS)
+@given(config=prune_configs())
+def test_forward_validity(model: str, config: PruneConfig) -> None:
+    """Same output shape, finite values, and backward reaches what it reached before pruning."""
+    _start(model, config)
+    pruned = _recorded(model, config).model
+    _expect_none(model, config, props.forward_problems(_pristine(model)[1], pruned, _batch(model)))
+
+
+@pytest.mark.parametrize("model", MODEL_PARAMS)
+@given(config=prune_configs(ratio=0.0))
+def test_ratio_zero_changes_nothing(model: str, config: PruneConfig) -> None:
+    """Ratio 0 keeps every shape, every tensor and the outputs bit-identical, whatever the other knobs."""
+    _start(model, config)
+    pruned = _recorded(model, config).model
+    _expect_none(model, config, props.ratio_zero_problems(_pristine(model)[1], pruned, _batch(model)))
+
+
+@pytest.mark.parametrize("model", RUNNING_MODEL_PARAMS)
+@given(config=prune_configs(), other=ratios())
+def test_monotone_in_ratio(model: str, config: PruneConfig, other: float) -> None:
+    """Same model and knobs: the larger ratio never leaves more parameters or MACs, and per layer and
+    dimension keeps no more unless it left the dimension whole.
+
+    Where torch-pruning refused a group at the larger ratio (it would have emptied it: rounding down to
+    round_to, or a global threshold above the whole group) the totals can grow, and are not compared;
+    test_property_checks.py pins both counterexamples. Not for global ranking over several iterative
+    steps: each step re-ranks a model the previous step changed, so the kept channels are not nested.
+    """
+    assume(not (config.global_pruning and config.iterative_steps > 1))
+    low_ratio, high_ratio = sorted((config.ratio, other))
+    assume(low_ratio < high_ratio)
+    low_config, high_config = replace(config, ratio=low_ratio), replace(config, ratio=high_ratio)
+    spec = _start(model, high_config)
+    note(f"compared with {reproduce_command(model, low_config, SEED)}")
+    inputs = spec.make_inputs(1, SEED)
+    low_prune, high_prune = _recorded(model, low_config), _recorded(model, high_config)
+    low, high = (props.SizeFigures.of(r.model, inputs, r.config.ratio) for r in (low_prune, high_prune))
+    exempt = [member for group in high_prune.refused for member in group.members]
+    problems = [] if high_prune.refused else props.monotonicity_problems(low, high)
+    problems += props.layer_monotonicity_problems(low, high, tensor_shapes(_pristine(model)[1]), exempt)
+    if problems:
+        problems.append(f"the smaller ratio: {reproduce_command(model, low_config, SEED)}")
+    _expect_none(model, high_config, problems)
+
+
+@pytest.mark.parametrize("model", MODEL_PARAMS)
+@given(config=prune_configs(round_to=(4, 8, 16)))
+def test_round_to_and_shape_rule(model: str, config: PruneConfig) -> None:
+    """Kept channel counts are multiples of round_to (or the layer is whole); uniform mode follows the rule."""
+    _start(model, config)
+    _expect_none(model, config, props.round_to_problems(_recorded(model, config)))
+
+
+@pytest.mark.parametrize("model", MODEL_PARAMS)
+@given(config=prune_configs(importances=props.DETERMINISTIC_IMPORTANCES))
+def test_criterion_honoured(model: str, config: PruneConfig) -> None:
+    """In every pruned group, no removed channel outranks a kept one under the config's criterion."""
+    _start(model, config, perturbed=True)
+    recorded = _recorded(model, config, perturbed=True)
+    _expect_none(model, config, props.criterion_problems(recorded), perturbed=True)
+
+
+@pytest.mark.parametrize("model", MODEL_PARAMS)
+@given(config=prune_configs())
+def test_functional_equivalence(model: str, config: PruneConfig) -> None:
+    """The pruned model computes what the soft-pruned original computes, on every group where that holds."""
+    spec = _start(model, config, perturbed=True)
+    try:
+        report = props.equivalence_report(spec, _perturbed(model), config, SEED, inputs=_batch(model))
+    except Exception as exc:
+        problem = f"pruning failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        pytest.fail(props.format_problems(_header(model, config, True), [problem]), pytrace=False)
+    note(f"checked {len(report.checked)} group(s), skipped {len(report.skipped)}")
+    _expect_none(model, config, report.problems, perturbed=True)
+
+
+@pytest.mark.parametrize("model", RUNNING_MODEL_PARAMS)
+@given(config=prune_configs())
+def test_deterministic(model: str, config: PruneConfig) -> None:
+    """The same config twice gives bit-identical models: once through the engine, once through the
+    recording driver every other property uses (so this also shows the recorder changes nothing)."""
+    _start(model, config)
+    engine = _engine(model, config).model
+    recorded = _recorded(model, config).model
+    _expect_none(model, config, props.determinism_problems(engine, recorded, _batch(model)))
+
+
+@pytest.mark.parametrize("model", SAVE_LOAD_MODEL_PARAMS)
+@given(config=prune_configs())
+def test_save_load_reproduces(model: str, config: PruneConfig) -> None:
+    """torch_pruning.state_dict, saved and loaded into a fresh unpruned model, reproduces the pruned model."""
+    _start(model, config)
+    pruned = _recorded(model, config).model
+    fresh = copy.deepcopy(_pristine(model)[1])
+    _expect_none(model, config, props.save_load_problems(pruned, fresh, _batch(model)))
