@@ -130,12 +130,9 @@ def check_pretrained_available(name: str) -> None:
         )
 
 
-def run_prune(args: argparse.Namespace) -> int:
-    from pytest_tprune.models import timm_spec
-    from pytest_tprune.pruning import prune, resolve_device
-
-    check_ratio(args.pruning_ratio)
-    config = PruneConfig(
+def config_from_args(args: argparse.Namespace) -> PruneConfig:
+    """The PruneConfig that parsed ``tprune`` arguments describe (the inverse of ``cli_args``)."""
+    return PruneConfig(
         ratio=args.pruning_ratio,
         global_pruning=args.global_pruning,
         importance=args.importance,
@@ -143,6 +140,14 @@ def run_prune(args: argparse.Namespace) -> int:
         iterative_steps=args.iterative_steps,
         isomorphic=args.isomorphic,
     )
+
+
+def run_prune(args: argparse.Namespace) -> int:
+    from pytest_tprune.models import timm_spec
+    from pytest_tprune.pruning import prune, resolve_device
+
+    check_ratio(args.pruning_ratio)
+    config = config_from_args(args)
     device = resolve_device(args.device)
     spec = timm_spec(args.model, input_cap=args.input_size, pretrained=args.pretrained)
     if args.pretrained:

@@ -23,7 +23,7 @@ from torch import nn
 
 from pytest_tprune import properties as props
 from pytest_tprune import pruning
-from pytest_tprune.cli import build_parser
+from pytest_tprune.cli import build_parser, config_from_args
 from pytest_tprune.config import PruneConfig
 from pytest_tprune.errors import PruneStepError
 from pytest_tprune.expectations import predicted_kept
@@ -82,14 +82,7 @@ def test_drawn_configs_are_valid_and_replay_from_the_command_line(config: PruneC
     command = reproduce_command("test_resnet", config, seed=3)
     assert command.startswith("tprune --model test_resnet ")
     args = build_parser().parse_args(command.split()[1:])
-    replayed = PruneConfig(
-        ratio=args.pruning_ratio,
-        global_pruning=args.global_pruning,
-        importance=args.importance,
-        round_to=args.round_to,
-        iterative_steps=args.iterative_steps,
-        isomorphic=args.isomorphic,
-    )
+    replayed = config_from_args(args)
     assert replayed == config and args.seed == 3 and args.model == "test_resnet"
 
 
