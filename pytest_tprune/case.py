@@ -9,6 +9,8 @@ mutates in place and a pruned model must never leak into the next case.
 from __future__ import annotations
 
 import copy
+import functools
+import os
 import signal
 import threading
 import time
@@ -27,7 +29,7 @@ from pytest_tprune.models import ModelSpec, build_model
 if TYPE_CHECKING:
     from torch import nn
 
-    from pytest_tprune.pruning import Pruned, PruneOutcome
+    from pytest_tprune.pruning import Baseline, Pruned, PruneOutcome
 
 CHECKS = ("forward", "shapes", "golden", "reduction")
 
@@ -56,7 +58,23 @@ class CaseSettings:
 class _Pristine:
     key: tuple[str, int]
     model: nn.Module
-    unreached: frozenset[str]
+    spec: ModelSpec
+    baselines: dict[str, Baseline] = field(default_factory=dict)  # by device
+    _unreached: frozenset[str] | None = None
+
+    @property
+    def unreached(self) -> frozenset[str]:
+        """Parameters the unpruned model's backward does not reach, probed on first use.
+
+        Only a case whose pruned model leaves some parameter without a gradient
+        needs this, so most models never pay for the probe's copy, forward and
+        backward.
+        """
+        if self._unreached is None:
+            # Probe a copy: a forward leaves caches of non-leaf tensors in some models
+            # (attention-bias caches), and those cannot be deep-copied afterwards.
+            self._unreached = unreached_parameters(copy.deepcopy(self.model), self.spec.make_inputs(2, self.key[1]))
+        return self._unreached
 
 
 class ModelStore:
@@ -73,12 +91,8 @@ class ModelStore:
     def pristine(self, spec: ModelSpec, seed: int) -> _Pristine:
         key = (spec.name, seed)
         if self._entry is None or self._entry.key != key:
-            self._entry = None
-            model = build_model(spec, seed)
-            # Run the probe on a copy: a forward leaves caches of non-leaf tensors in some
-            # models (attention-bias caches), and those cannot be deep-copied afterwards.
-            unreached = unreached_parameters(copy.deepcopy(model), spec.make_inputs(2, seed))
-            self._entry = _Pristine(key, model, unreached)
+            self._entry = None  # release the previous model before building the next
+            self._entry = _Pristine(key, build_model(spec, seed), spec)
             self.builds += 1
         return self._entry
 
@@ -87,6 +101,27 @@ class ModelStore:
 
 
 STORE = ModelStore()
+
+
+@functools.cache
+def share_cores() -> int:
+    """Give this process its share of the CPU cores for torch's intra-op threads.
+
+    torch sizes its thread pool to every core of the machine, so ``-n 2`` on
+    2 cores runs 4 busy threads and each worker slows the other. Once per
+    process, the first time a case runs, a worker gets ``cores // workers``
+    threads (at least 1). An explicit ``OMP_NUM_THREADS`` wins.
+    """
+    import torch
+
+    if os.environ.get("OMP_NUM_THREADS"):
+        return torch.get_num_threads()
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = max(1, cores // max(workers, 1))
+    if threads < torch.get_num_threads():
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
 
 
 def unreached_parameters(model: nn.Module, inputs: Any) -> frozenset[str]:
@@ -201,12 +236,18 @@ class TpruneCase:
     def pruned(self) -> Pruned:
         from pytest_tprune.pruning import prune
 
+        share_cores()
         with time_limit(self.settings.timeout, f"pruning {self.case_id}"):
             start = time.perf_counter()
             pristine = STORE.pristine(self.spec, self.settings.seed)
             self.check_times["pristine"] = time.perf_counter() - start
             model = copy.deepcopy(pristine.model)
-            return prune(self.spec, self.config, self.settings.device, self.settings.seed, model=model)
+            device = self.settings.device
+            pruned = prune(
+                self.spec, self.config, device, self.settings.seed, model=model, baseline=pristine.baselines.get(device)
+            )
+            pristine.baselines[device] = pruned.baseline  # the next config of this model skips measuring it
+            return pruned
 
     @property
     def outcome(self) -> PruneOutcome:
@@ -263,11 +304,11 @@ class TpruneCase:
             problems.append("eval output at batch 2 has non-finite values")
         model.zero_grad(set_to_none=True)
         out2.float().sum().backward()
-        allowed = STORE.pristine(self.spec, self.settings.seed).unreached
-        missed = sorted(
-            n for n, p in model.named_parameters() if p.requires_grad and p.grad is None and n not in allowed
-        )
+        missed = sorted(n for n, p in model.named_parameters() if p.requires_grad and p.grad is None)
         model.zero_grad(set_to_none=True)
+        if missed:  # blame pruning only for what the unpruned model reaches
+            allowed = STORE.pristine(self.spec, self.settings.seed).unreached
+            missed = [n for n in missed if n not in allowed]
         if missed:
             problems.append(f"backward reaches no gradient to {len(missed)} parameter(s): {', '.join(missed[:5])}")
         problems += self._train_forward_problems(batch, expected2)
@@ -404,5 +445,6 @@ class TpruneCase:
             "counter_disagreement": round(kept_macs - kept_flops, 6),
             "device": out.device,
             "peak_rss_mb": peak_rss_mb(),
+            "worker": os.environ.get("PYTEST_XDIST_WORKER", "main"),
             "durations": {**out.timings, **{k: round(v, 4) for k, v in self.check_times.items()}},
         }

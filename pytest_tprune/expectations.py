@@ -5,8 +5,10 @@ The shape rule and the reduction band are derived from torch-pruning's uniform
 
 * A group of ``C`` channels with ``G`` channel groups (attention heads, grouped
   convolutions) keeps ``G * int(C/G * (1 - r))`` channels: each group is
-  shrunk alike. With ``round_to = k`` (and ``G == 1``) the kept count
-  ``int(C * (1 - r))`` is then rounded down to a multiple of ``k``.
+  shrunk alike. With ``round_to = k`` the kept count ``int(C * (1 - r))`` of
+  an ungrouped layer is rounded down to a multiple of ``k``; a grouped layer
+  rounds its per-group removal against the whole width (see
+  :func:`predicted_kept`).
 * Every tensor that changed keeps, along each pruned dimension, a fraction
   ``q`` of it with ``q_min <= q <= 1 - r``, where ``q_min`` is the smallest
   predicted kept fraction over all groups. A tensor pruned along ``d``
@@ -32,13 +34,24 @@ from pytest_tprune.pruning import GroupRecord, PruneOutcome
 
 
 def predicted_kept(channels: int, channel_groups: int, ratio: float, round_to: int | None) -> int:
-    """Channels a group keeps in uniform mode (torch-pruning's arithmetic)."""
-    groups = channel_groups if channel_groups > 0 and channels % channel_groups == 0 else 1
+    """Channels a group keeps in uniform mode (torch-pruning 1.6's arithmetic).
+
+    Without channel groups, ``int(C * (1 - r))`` rounded down to a multiple of
+    ``round_to``. With ``G > 1`` channel groups (attention heads, GroupNorm
+    groups) each group loses ``n = C/G - int(C/G * (1 - r))`` channels, and
+    ``round_to`` is applied to ``n`` against the *whole* width ``C``
+    (``_round_to(n, C, k)``): each group loses ``n + (C - n) % k``, and a group
+    that would lose all of its channels is left whole.
+    """
+    groups = channel_groups if channel_groups > 1 and channels % channel_groups == 0 else 1
     per_group = channels // groups
-    kept = groups * int(per_group * (1 - ratio))
-    if round_to and groups == 1:
-        kept -= kept % round_to
-    return kept
+    if groups == 1:
+        kept = int(per_group * (1 - ratio))
+        return kept - kept % round_to if round_to else kept
+    removed = per_group - int(per_group * (1 - ratio))
+    if round_to and removed > 0:
+        removed += (channels - removed) % round_to
+    return channels if removed >= per_group else groups * (per_group - removed)
 
 
 @dataclass

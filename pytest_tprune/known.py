@@ -34,19 +34,38 @@ _RAW_FAILURES: dict[str, object] = {
         "*": "AssertionError 'expected 4D input' in timm EvoNorm2dS0 (evo_norm.py) after pruning: "
         "torch-pruning feeds the norm a tensor of the wrong rank once its 4D parameters are pruned"
     },
-    **{
-        f"test_vit3@{pattern}": "RuntimeError in AttentionPoolLatent.forward (attention_pool.py): it reshapes "
-        "the attention output to the input width C, assuming num_heads * head_dim == C; pruning rounds the "
-        "head dim per head and the embedding dim as a whole, so the two differ (66 vs 67 at r0.30)"
-        for pattern in ("*-global", "r0.30-local")
+    "test_vit3": {
+        "*": "RuntimeError in AttentionPoolLatent.forward (attention_pool.py): it reshapes the attention "
+        "output to the input width C, assuming num_heads * head_dim == C; pruning rounds the head dim per "
+        "head and the embedding dim as a whole, so the two differ (66 vs 67 at r0.30, 93 vs 95 at r0.01)",
+        # 96 channels and 3 heads of 32: at 0.5 both sides keep 48, so uniform 0.5 passes.
+        "r0.50-local": None,
     },
 }
-"""model pattern -> {config-id pattern: one-line root cause}; ``name@cfg`` keys are folded in below."""
+"""model pattern -> {config-id pattern: one-line root cause, or None where an exact config id is known
+to pass although a pattern covers it}; ``name@cfg`` keys are folded in below."""
 
 
-def _fold(table: dict[str, object]) -> dict[str, dict[str, str]]:
+def _zoo_failures() -> dict[str, str]:
+    """The timm family representatives (``@families``) that fail at every config, with causes.
+
+    Kept as data in ``data/known_zoo_failures.json`` (one line per model; the
+    messages are long): found by the suite at r0.50-local on CPU (timm
+    1.0.31, torch 2.15, torch-pruning 1.6.1). Failures inside torch-pruning
+    name the file and line where they are raised; forward failures name the
+    module that still uses a stale size, for which an adapter is ours to
+    write. Hangs run under ``HANG_LIMIT_S`` and must time out.
+    """
+    import json
+    from importlib import resources
+
+    text = resources.files("pytest_tprune").joinpath("data/known_zoo_failures.json").read_text(encoding="utf-8")
+    return dict(json.loads(text)["failures"])
+
+
+def _fold(table: dict[str, object]) -> dict[str, dict[str, str | None]]:
     """``{"model@r0.30-local": cause}`` entries become ``{"model": {"r0.30-local": cause}}``."""
-    folded: dict[str, dict[str, str]] = {}
+    folded: dict[str, dict[str, str | None]] = {}
     for key, value in table.items():
         model, _, config = key.partition("@")
         entry = folded.setdefault(model, {})
@@ -57,7 +76,7 @@ def _fold(table: dict[str, object]) -> dict[str, dict[str, str]]:
     return folded
 
 
-KNOWN_FAILURES: dict[str, dict[str, str]] = _fold(_RAW_FAILURES)
+KNOWN_FAILURES: dict[str, dict[str, str | None]] = _fold({**_zoo_failures(), **_RAW_FAILURES})
 
 REDUCTION_BANDS: dict[str, tuple[tuple[float, float], str]] = {}
 """pattern -> ((low, high) bounds on the kept fraction of params at ratio 0.5, reason)."""
@@ -70,7 +89,7 @@ def _lookup(table: dict[str, object], name: str) -> object | None:
     return None
 
 
-def known_failure(name: str) -> dict[str, str] | None:
+def known_failure(name: str) -> dict[str, str | None] | None:
     found = _lookup(KNOWN_FAILURES, name)  # type: ignore[arg-type]
     return dict(found) if isinstance(found, dict) else None
 

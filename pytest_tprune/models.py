@@ -50,7 +50,7 @@ class ModelSpec:
     example_inputs: Callable[[int, torch.Generator], torch.Tensor] | None = None
     reduction_band: tuple[float, float] | None = None
     reduction_band_reason: str = ""
-    known_failure: str | Mapping[str, str] | None = None
+    known_failure: str | Mapping[str, str | None] | None = None
     param_count: int | None = None
 
     def __post_init__(self) -> None:
@@ -76,12 +76,17 @@ class ModelSpec:
         fnmatch patterns over config ids (``"*"``, ``"*-global"``,
         ``"r0.30-local"``) to causes. A cause starting with ``hang:`` marks a
         case that never finishes: it runs under a short time limit and must
-        time out.
+        time out. An exact config id wins over patterns, and maps to ``None``
+        where a config is known to pass although a pattern covers it (e.g.
+        ``{"*": cause, "r0.50-local": None}``).
         """
         if isinstance(self.known_failure, str):
             return self.known_failure
-        for pattern, reason in sorted((self.known_failure or {}).items()):
-            if fnmatch.fnmatchcase(config_id, pattern):
+        table = dict(self.known_failure or {})
+        if config_id in table:
+            return table[config_id]
+        for pattern, reason in sorted(table.items()):
+            if reason is not None and fnmatch.fnmatchcase(config_id, pattern):
                 return reason
         return None
 
@@ -330,7 +335,7 @@ def register_model(
     example_inputs: Callable[[int, torch.Generator], torch.Tensor] | None = None,
     reduction_band: tuple[float, float] | None = None,
     reduction_band_reason: str = "",
-    known_failure: str | Mapping[str, str] | None = None,
+    known_failure: str | Mapping[str, str | None] | None = None,
     param_count: int | None = None,
 ) -> Callable[[Factory], Factory]:
     """Decorator registering a model factory: the simplest way to add a model.

@@ -21,6 +21,8 @@ from pytest_tprune.errors import UsageError
 from pytest_tprune.settings import Settings, add_options, parse_settings
 
 if TYPE_CHECKING:
+    from types import TracebackType
+
     from pytest_tprune.case import TpruneCase
     from pytest_tprune.models import ModelSpec
     from pytest_tprune.report import CaseRow
@@ -72,8 +74,8 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "tprune(models=None, ratios=None, modes=None): narrow the pruning cases of one test "
-        "(model names or fnmatch patterns, ratios, 'local'/'global')",
+        "tprune(models=None, exclude=None, ratios=None, modes=None): narrow the pruning cases of one test "
+        "(model names, fnmatch patterns or @families; ratios; 'local'/'global')",
     )
     if config.option.help:
         return
@@ -104,7 +106,7 @@ def case_params(specs: dict[str, ModelSpec], settings: Settings, narrow: dict[st
     """The sorted, sharded ``pytest.param`` list for one test function."""
     from pytest_tprune.selection import case_marks, narrow_models
 
-    names = narrow_models(sorted(specs), narrow.get("models"))
+    names = narrow_models(sorted(specs), narrow.get("models"), narrow.get("exclude"))
     wanted_ratios = {float(r) for r in narrow.get("ratios", settings.ratios)}
     ratios = [r for r in settings.ratios if r in wanted_ratios]
     modes = [m for m in settings.modes if m in narrow.get("modes", settings.modes)]
@@ -223,7 +225,29 @@ def _timeout(spec: ModelSpec, param: CaseParam, configured: float | None) -> flo
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
     if call.excinfo is not None and _case_param(item) is not None:
         item.user_properties.append((CHECK_KEY, _failed_check(call.excinfo.value)))
+        _drop_frames_without_line_numbers(call.excinfo)
     return (yield)
+
+
+def _drop_frames_without_line_numbers(excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+    """Unlink traceback entries that have no line number.
+
+    A time limit raises from a signal handler, which on Python 3.11 can land
+    on an instruction without a line number; pytest's traceback rendering then
+    crashes the whole session (INTERNALERROR, and under xdist the worker)
+    instead of failing the case. pytest rebuilds its traceback view from the
+    raw ``tb_next`` chain, so the chain itself is relinked.
+    """
+    head = excinfo.tb
+    node: TracebackType | None = head
+    changed = False
+    while node is not None:
+        while node.tb_next is not None and node.tb_next.tb_lineno is None:
+            node.tb_next = node.tb_next.tb_next
+            changed = True
+        node = node.tb_next
+    if changed:
+        excinfo.traceback = type(excinfo.traceback)(head)
 
 
 def _failed_check(exc: BaseException) -> str:

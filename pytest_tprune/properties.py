@@ -781,35 +781,13 @@ def criterion_problems(recorded: RecordedPrune) -> list[str]:
     return problems
 
 
-def expected_kept(channels: int, channel_groups: int, ratio: float, round_to: int | None) -> int:
-    """Channels a group keeps after one uniform step: :func:`~pytest_tprune.expectations.predicted_kept`,
-    except for channel-grouped layers under ``round_to``.
-
-    With ``G > 1`` channel groups (attention heads, GroupNorm groups)
-    torch-pruning 1.6 removes ``n = C/G - int(C/G * (1 - r))`` channels per group,
-    then rounds with ``_round_to(n, C, k)``, i.e. against the *whole* width ``C``:
-    each group loses ``n + (C - n) % k``, and a group that would lose all of
-    its channels is left whole. ``predicted_kept`` applies no rounding there,
-    which disagrees (``tests/test_property_checks.py`` pins the counterexample).
-    """
-    groups = channel_groups if channel_groups > 1 and channels % channel_groups == 0 else 1
-    if groups == 1 or not round_to:
-        return predicted_kept(channels, channel_groups, ratio, round_to)
-    per_group = channels // groups
-    removed = per_group - int(per_group * (1 - ratio))
-    if removed <= 0:
-        return channels
-    removed += (channels - removed) % round_to
-    return channels if removed >= per_group else groups * (per_group - removed)
-
-
 def round_to_problems(recorded: RecordedPrune) -> list[str]:
     """Channel counts after pruning honour ``round_to`` and, in uniform mode, the shape rule.
 
     For every pruned group, over all iterative steps: with ``round_to = k``
     the kept count is a multiple of ``k``, or the layer was left whole
     (torch-pruning leaves a group alone when rounding would remove every
-    channel). In uniform mode the kept count equals :func:`expected_kept` of
+    channel). In uniform mode the kept count equals :func:`~pytest_tprune.expectations.predicted_kept` of
     the original count (for several iterative steps only where that is the
     single-step rule: groups without channel grouping); when the rule predicts
     no channel at all, any multiple of ``k`` is accepted (torch-pruning stops
@@ -834,7 +812,7 @@ def round_to_problems(recorded: RecordedPrune) -> list[str]:
             )
         if config.global_pruning or (config.iterative_steps > 1 and first.channel_groups > 1 and k):
             continue
-        expected = expected_kept(first.channels, first.channel_groups, config.ratio, k)
+        expected = predicted_kept(first.channels, first.channel_groups, config.ratio, k)
         if expected == 0 and (not k or kept % k == 0):
             continue
         if kept != expected:

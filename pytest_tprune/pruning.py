@@ -74,6 +74,25 @@ class PruneOutcome:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class Baseline:
+    """What the unpruned model measures: the same for every config of a model, seed and device.
+
+    Measuring it costs two forwards (one counted by FlopCounterMode, one
+    traced by torch-pruning's counter), so a caller that prunes one model
+    with several configs measures it once and passes it to :func:`prune`.
+    """
+
+    key: tuple[str, int, str]  # model, seed, device
+    tree: str
+    modules: dict[str, str]
+    shapes: dict[str, list[int]]
+    output: torch.Tensor
+    flop_macs: int
+    macs: int
+    params: int
+
+
 @dataclass
 class Pruned:
     """The live result: the pruned model and what it takes to check it."""
@@ -84,6 +103,7 @@ class Pruned:
     outcome: PruneOutcome
     tree_before: str
     tree_after: str
+    baseline: Baseline
 
 
 def resolve_device(device: str) -> str:
@@ -282,17 +302,40 @@ def run_pruner(pruner: Any, steps: int, seed: int) -> list[GroupRecord]:
     return records
 
 
+def measure_baseline(spec: ModelSpec, model: nn.Module, inputs: torch.Tensor, seed: int) -> Baseline:
+    """Measure the unpruned ``model`` (already on its device) on ``inputs``."""
+    try:
+        output, flop_macs = forward_with_flops(model, inputs)
+        macs, params = tp_counts(model, inputs)
+    except Exception as exc:
+        raise _fail("forward", spec, exc, failing_module(model, inputs)) from exc
+    return Baseline(
+        key=(spec.name, seed, str(inputs.device)),
+        tree=repr(model),
+        modules=module_lines(model),
+        shapes=tensor_shapes(model),
+        output=output_tensor(output).detach(),
+        flop_macs=flop_macs,
+        macs=macs,
+        params=params,
+    )
+
+
 def prune(
     spec: ModelSpec,
     config: PruneConfig,
     device: str = "auto",
     seed: int = DEFAULT_SEED,
     model: nn.Module | None = None,
+    baseline: Baseline | None = None,
 ) -> Pruned:
     """Prune one model with one config and measure it.
 
     ``model`` lets a caller pass a pristine copy it built earlier (it is pruned
     in place); otherwise the model is built from ``spec`` with ``seed``.
+    ``baseline`` is the unpruned model's measurement from an earlier case of
+    the same model, seed and device (``Pruned.baseline``); it is measured
+    when absent or when its key does not match.
     """
 
     target = resolve_device(device)
@@ -312,15 +355,9 @@ def prune(
                 raise _fail("build", spec, exc) from exc
             model = model.to(target)
             inputs = inputs.to(target)
-        tree_before = repr(model)
-        modules_before, shapes_before = module_lines(model), tensor_shapes(model)
-        with clock.step("count"):
-            try:
-                base_output, flop_before = forward_with_flops(model, inputs)
-                macs_before, params_before = tp_counts(model, inputs)
-            except Exception as exc:
-                raise _fail("forward", spec, exc, failing_module(model, inputs)) from exc
-        base = output_tensor(base_output).detach()
+        if baseline is None or baseline.key != (spec.name, seed, str(inputs.device)):
+            with clock.step("count"):
+                baseline = measure_baseline(spec, model, inputs, seed)
         names = {m: n for n, m in model.named_modules()}
         with clock.step("trace"):
             try:
@@ -353,17 +390,17 @@ def prune(
         config=config.to_dict(),
         device=target,
         input_size=list(inputs.shape[1:]),
-        modules_before=modules_before,
+        modules_before=baseline.modules,
         modules_after=module_lines(model),
-        shapes_before=shapes_before,
+        shapes_before=baseline.shapes,
         shapes_after=tensor_shapes(model),
-        macs_before=macs_before,
+        macs_before=baseline.macs,
         macs_after=macs_after,
-        params_before=params_before,
+        params_before=baseline.params,
         params_after=params_after,
-        flop_macs_before=flop_before,
+        flop_macs_before=baseline.flop_macs,
         flop_macs_after=flop_after,
-        output_shape_before=list(base.shape),
+        output_shape_before=list(baseline.output.shape),
         output_shape_after=[int(d) for d in output_tensor(pruned_output).shape],
         ignored=ignored,
         heads=heads,
@@ -372,7 +409,7 @@ def prune(
         warnings=_unique_messages(caught),
         timings={k: round(v, 4) for k, v in clock.timings.items()},
     )
-    return Pruned(model, inputs, base, outcome, tree_before, repr(model))
+    return Pruned(model, inputs, baseline.output, outcome, baseline.tree, repr(model), baseline)
 
 
 def _adapt(model: nn.Module, spec: ModelSpec) -> list[str]:

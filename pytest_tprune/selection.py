@@ -72,14 +72,23 @@ def select_models(config: pytest.Config, settings: Settings) -> dict[str, ModelS
     return {name: extra[name] if name in extra else timm_spec(name, settings.input_size) for name in names}
 
 
-def narrow_models(names: list[str], patterns: Any) -> list[str]:
-    """Apply a ``tprune(models=...)`` marker: keep the selected names it matches."""
-    if patterns is None:
-        return names
+def narrow_models(names: list[str], patterns: Any, exclude: Any = None) -> list[str]:
+    """Apply a ``tprune(models=..., exclude=...)`` marker: keep the selected names it matches.
+
+    The marker only ever narrows the run's selection (``--tprune-models`` stays
+    the outer bound), so one project can give two tests different slices of one
+    selection, e.g. a full grid for tiny models and one config per family.
+    """
     import fnmatch
 
-    wanted = [patterns] if isinstance(patterns, str) else list(patterns)
-    return [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in wanted)]
+    def as_patterns(value: Any) -> tuple[str, ...]:
+        return expand_tokens((value,) if isinstance(value, str) else tuple(value))
+
+    def matches(name: str, value: Any) -> bool:
+        return any(fnmatch.fnmatchcase(name, p) for p in as_patterns(value))
+
+    kept = names if patterns is None else [n for n in names if matches(n, patterns)]
+    return kept if exclude is None else [n for n in kept if not matches(n, exclude)]
 
 
 def case_marks(spec: ModelSpec, settings: Settings, config_id: str) -> list[Any]:
@@ -128,6 +137,13 @@ def _phase_outcome(report: pytest.TestReport) -> str:
     return "xpassed" if xfail else "passed"
 
 
+def _crash_message(report: pytest.TestReport) -> str | None:
+    """The first line of a failure's message: what a report reader needs, without the traceback."""
+    crash = getattr(report.longrepr, "reprcrash", None)
+    message = str(getattr(crash, "message", "") or "").strip()
+    return message.splitlines()[0][:400] if message else None
+
+
 def observe_report(state: RunState, report: pytest.TestReport) -> None:
     """Fold one phase's report into the case's row (controller and single process)."""
     from pytest_tprune.report import CaseRow
@@ -146,6 +162,8 @@ def observe_report(state: RunState, report: pytest.TestReport) -> None:
         row.outcome = outcome
     if outcome in ("skipped", "xfailed"):
         row.reason = _skip_reason(report) or getattr(report, "wasxfail", None) or row.reason
+    elif outcome in ("failed", "error"):
+        row.reason = _crash_message(report) or row.reason
     if props.get("tprune_check") and outcome in ("failed", "error", "xfailed"):
         row.failed_check = props["tprune_check"][-1]
     if props.get("tprune_figures"):

@@ -254,3 +254,11 @@ def test_malformed_spec_fields_are_usage_errors(fields: dict[str, object], messa
     with pytest.raises(UsageError) as info:
         ModelSpec(**{**values, **fields})  # type: ignore[arg-type]
     assert re.fullmatch(message.replace("(", r"\(").replace(")", r"\)").replace("*", ".*"), str(info.value))
+
+
+def test_an_exact_config_id_overrides_a_known_failure_pattern() -> None:
+    """``{"*": cause, "r0.50-local": None}``: known to fail everywhere except uniform 0.5."""
+    spec = ModelSpec("acme_any", lambda: torch.nn.Linear(4, 4), (4,), known_failure={"*": "boom", "r0.50-local": None})
+    assert spec.failure_reason("r0.50-local") is None
+    assert spec.failure_reason("r0.30-local") == "boom"
+    assert spec.failure_reason("r0.50-global") == "boom"

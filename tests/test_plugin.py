@@ -1,9 +1,10 @@
 """The plugin end to end with pytester: options, ids, goldens, xdist, reports.
 
-Runs that prune use ``test_resnet`` (one case, seconds) and go through a
-subprocess, as users run pytest; each important scenario runs without xdist,
-with ``-n 2`` and with ``-p no:xdist``, and must give the same outcome and the
-same golden bytes.
+Runs that prune use ``test_resnet`` (one case, seconds); each important
+scenario runs without xdist, with ``-n 2`` and with ``-p no:xdist``, and must
+give the same outcome and the same golden bytes. Runs without xdist stay in
+this process (torch and timm are imported once, which saves about 6 s a run);
+``-n 2`` runs start real worker processes, as users run them.
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ def project(pytester: pytest.Pytester) -> pytest.Pytester:
 
 
 def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
-    return pytester.runpytest_subprocess(*ONE_CASE, *args, timeout=300)
+    if "-n" in args:
+        return pytester.runpytest_subprocess(*ONE_CASE, *args, timeout=300)
+    return pytester.runpytest(*ONE_CASE, *args)
 
 
 def test_help_lists_the_tprune_group(pytester: pytest.Pytester) -> None:
@@ -148,8 +151,8 @@ def test_golden_bytes_identical_with_and_without_xdist(pytester: pytest.Pytester
         folder = pytester.mkdir(name)
         (folder / "pyproject.toml").write_text("[tool.pytest.ini_options]\n")
         (folder / "test_prune.py").write_text(TEST_FILE)
-        result = pytester.runpytest_subprocess(
-            *ONE_CASE,
+        result = run(
+            pytester,
             "--tprune-modes=local,global",
             "--tprune-update-golden",
             *extra,
@@ -194,3 +197,16 @@ def test_json_report_has_rows_versions_and_durations(project: pytest.Pytester) -
 def test_cases_skip_models_over_max_params(project: pytest.Pytester) -> None:
     result = project.runpytest("--tprune-models=test_resnet", "--tprune-max-params=1000", "-rs", "--tprune-modes=local")
     result.stdout.fnmatch_lines(["*test_resnet has 0.5 M parameters, over --tprune-max-params=1000*"])
+
+
+def test_marker_excludes_and_expands_families(project: pytest.Pytester) -> None:
+    """How tests/test_zoo.py splits one selection: families minus the grid models, one config."""
+    project.makepyfile(
+        test_marked="import pytest\n\n"
+        "@pytest.mark.tprune(models=['@families'], exclude=['test_*'], ratios=[0.5], modes=['local'])\n"
+        "def test_family(tprune_case):\n    pass\n"
+    )
+    result = project.runpytest("test_marked.py", "--tprune-models=@families,test_vit", "--collect-only", "-q")
+    ids = [line.split("[")[1] for line in result.stdout.lines if "::" in line]
+    assert len(ids) == 89 and all(i.endswith("-r0.50-local]") and not i.startswith("test_") for i in ids)
+    assert "vit_base_patch32_224" not in " ".join(ids)

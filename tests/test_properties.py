@@ -9,47 +9,38 @@ that replays it. What each property asserts and where it holds is in
 Models are parametrized from a sorted list (Hypothesis only draws inside the
 ``@given`` bodies), so every xdist worker collects the same tests. Models with a
 known failure in every mode (``pytest_tprune/known.py``) are skipped with its
-cause; a failure known for one mode only (``test_vit3`` global) discards the
-examples of that mode. Each model is built (and perturbed) once per module and
-deep-copied for every example, because pruning works in place and Hypothesis
+cause; a model that fails for most configs but passes some (``test_vit3``)
+is skipped by the properties that run the pruned model, and checked by the
+others; a failure known for one mode only discards the examples of that mode.
+Each model is built (and perturbed) once per module and deep-copied for every
+example, because pruning works in place and Hypothesis
 does not reset fixtures between examples.
 """
 
 from __future__ import annotations
 
 import copy
-import functools
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+import model_cache as cache
 import pytest
 from hypothesis import assume, given, note
+from model_cache import SEED
 
 from pytest_tprune import properties as props
 from pytest_tprune.config import PruneConfig
 from pytest_tprune.errors import PruneStepError
 from pytest_tprune.known import known_failure
-from pytest_tprune.models import ModelSpec, build_model, timm_model_names, timm_spec
+from pytest_tprune.models import ModelSpec, timm_model_names
 from pytest_tprune.pruning import Pruned, prune, tensor_shapes
 from pytest_tprune.strategies import prune_configs, ratios, reproduce_command
 
 if TYPE_CHECKING:
-    import torch
-    from torch import nn
+    pass
 
-SEED = 0
 MODELS = sorted(timm_model_names("test_*"))
-
-
-FOUND: dict[str, str] = {
-    "test_vit3": "found by test_forward_validity, not yet in known.py: uniform mode fails too, "
-    "'tprune --model test_vit3 --pruning_ratio 0.01' raises in AttentionPoolLatent.forward: it reshapes "
-    "the attention output (3 heads x int(32 (1 - r))) to its input width int(96 (1 - r)); "
-    "pinned in test_property_checks.py",
-}
-"""Models whose fully pruned forward fails for most uniform configs (besides ``known.py``): the
-properties that run the pruned model are skipped for them; the others still check them."""
 
 
 SAVE_LOAD_FOUND: dict[str, str] = {
@@ -64,10 +55,11 @@ def _model_params(needs_forward: bool = False, found: dict[str, str] | None = No
     for name in MODELS:
         causes = known_failure(name) or {}
         everywhere = causes.get("*") or (causes.get("local") if causes.get("global") else None)
-        if everywhere:
+        passes_somewhere = any(cause is None for cause in causes.values())
+        if everywhere and not passes_somewhere:
             marks = [pytest.mark.skip(reason=f"known failure in every mode: {everywhere}")]
-        elif needs_forward and name in FOUND:
-            marks = [pytest.mark.skip(reason=FOUND[name])]
+        elif needs_forward and everywhere:
+            marks = [pytest.mark.skip(reason=f"known failure for most configs: {everywhere}")]
         elif found and name in found:
             marks = [pytest.mark.skip(reason=found[name])]
         else:
@@ -76,39 +68,21 @@ def _model_params(needs_forward: bool = False, found: dict[str, str] | None = No
     return params
 
 
+PARTLY_FAILING = frozenset(
+    name for name in MODELS if any(cause is None for cause in (known_failure(name) or {}).values())
+)
+"""Models known to fail for most configs but to pass some (``test_vit3``: its pruned forward fails): the
+properties that run the pruned model skip them; the others check every config."""
+
 MODEL_PARAMS = _model_params()
 RUNNING_MODEL_PARAMS = _model_params(needs_forward=True)
 SAVE_LOAD_MODEL_PARAMS = _model_params(needs_forward=True, found=SAVE_LOAD_FOUND)
 
 
-@functools.cache
-def _pristine(name: str) -> tuple[ModelSpec, nn.Module]:
-    spec = timm_spec(name)
-    return spec, build_model(spec, SEED)
-
-
-@functools.cache
-def _perturbed(name: str) -> nn.Module:
-    return props.perturb(copy.deepcopy(_pristine(name)[1]), SEED)
-
-
-@functools.cache
-def _batch(name: str) -> torch.Tensor:
-    return _pristine(name)[0].make_inputs(2, SEED)
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread_and_release_models() -> Iterator[None]:
-    """One torch thread per process while this module runs (``-n auto`` already uses every core,
-    and tiny models gain nothing from intra-op threads); models are cached for this module only."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    for cached in (_pristine, _perturbed, _batch):
-        cached.cache_clear()
+    with cache.one_thread_then_release():
+        yield
 
 
 def _header(name: str, config: PruneConfig, perturbed: bool = False) -> str:
@@ -120,15 +94,15 @@ def _header(name: str, config: PruneConfig, perturbed: bool = False) -> str:
 
 def _start(name: str, config: PruneConfig, perturbed: bool = False) -> ModelSpec:
     """Common start of an example: discard modes known to fail, say how to replay it."""
-    spec = _pristine(name)[0]
-    assume(spec.failure_reason(config.mode) is None)
+    spec = cache.pristine(name)[0]
+    assume(name in PARTLY_FAILING or spec.failure_reason(config.config_id) is None)
     note(_header(name, config, perturbed))
     return spec
 
 
 def _engine(name: str, config: PruneConfig) -> Pruned:
     """Prune a deep copy with the engine; a failing step fails the example with the command line."""
-    spec, model = _pristine(name)
+    spec, model = cache.pristine(name)
     try:
         return prune(spec, config, "cpu", SEED, model=copy.deepcopy(model))
     except PruneStepError as exc:
@@ -137,8 +111,8 @@ def _engine(name: str, config: PruneConfig) -> Pruned:
 
 def _recorded(name: str, config: PruneConfig, perturbed: bool = False) -> props.RecordedPrune:
     """Prune a deep copy with the recording driver (bit-identical to the engine: see test_deterministic)."""
-    spec, model = _pristine(name)
-    source = _perturbed(name) if perturbed else model
+    spec, model = cache.pristine(name)
+    source = cache.perturbed(name) if perturbed else model
     try:
         return props.record_prune(spec, copy.deepcopy(source), spec.make_inputs(1, SEED), config, SEED)
     except Exception as exc:
@@ -158,7 +132,7 @@ def test_forward_validity(model: str, config: PruneConfig) -> None:
     """Same output shape, finite values, and backward reaches what it reached before pruning."""
     _start(model, config)
     pruned = _recorded(model, config).model
-    _expect_none(model, config, props.forward_problems(_pristine(model)[1], pruned, _batch(model)))
+    _expect_none(model, config, props.forward_problems(cache.pristine(model)[1], pruned, cache.batch(model)))
 
 
 @pytest.mark.parametrize("model", MODEL_PARAMS)
@@ -167,7 +141,7 @@ def test_ratio_zero_changes_nothing(model: str, config: PruneConfig) -> None:
     """Ratio 0 keeps every shape, every tensor and the outputs bit-identical, whatever the other knobs."""
     _start(model, config)
     pruned = _recorded(model, config).model
-    _expect_none(model, config, props.ratio_zero_problems(_pristine(model)[1], pruned, _batch(model)))
+    _expect_none(model, config, props.ratio_zero_problems(cache.pristine(model)[1], pruned, cache.batch(model)))
 
 
 @pytest.mark.parametrize("model", RUNNING_MODEL_PARAMS)
@@ -192,7 +166,7 @@ def test_monotone_in_ratio(model: str, config: PruneConfig, other: float) -> Non
     low, high = (props.SizeFigures.of(r.model, inputs, r.config.ratio) for r in (low_prune, high_prune))
     exempt = [member for group in high_prune.refused for member in group.members]
     problems = [] if high_prune.refused else props.monotonicity_problems(low, high)
-    problems += props.layer_monotonicity_problems(low, high, tensor_shapes(_pristine(model)[1]), exempt)
+    problems += props.layer_monotonicity_problems(low, high, tensor_shapes(cache.pristine(model)[1]), exempt)
     if problems:
         problems.append(f"the smaller ratio: {reproduce_command(model, low_config, SEED)}")
     _expect_none(model, high_config, problems)
@@ -221,7 +195,7 @@ def test_functional_equivalence(model: str, config: PruneConfig) -> None:
     """The pruned model computes what the soft-pruned original computes, on every group where that holds."""
     spec = _start(model, config, perturbed=True)
     try:
-        report = props.equivalence_report(spec, _perturbed(model), config, SEED, inputs=_batch(model))
+        report = props.equivalence_report(spec, cache.perturbed(model), config, SEED, inputs=cache.batch(model))
     except Exception as exc:
         problem = f"pruning failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         pytest.fail(props.format_problems(_header(model, config, True), [problem]), pytrace=False)
@@ -237,7 +211,7 @@ def test_deterministic(model: str, config: PruneConfig) -> None:
     _start(model, config)
     engine = _engine(model, config).model
     recorded = _recorded(model, config).model
-    _expect_none(model, config, props.determinism_problems(engine, recorded, _batch(model)))
+    _expect_none(model, config, props.determinism_problems(engine, recorded, cache.batch(model)))
 
 
 @pytest.mark.parametrize("model", SAVE_LOAD_MODEL_PARAMS)
@@ -246,5 +220,5 @@ def test_save_load_reproduces(model: str, config: PruneConfig) -> None:
     """torch_pruning.state_dict, saved and loaded into a fresh unpruned model, reproduces the pruned model."""
     _start(model, config)
     pruned = _recorded(model, config).model
-    fresh = copy.deepcopy(_pristine(model)[1])
-    _expect_none(model, config, props.save_load_problems(pruned, fresh, _batch(model)))
+    fresh = copy.deepcopy(cache.pristine(model)[1])
+    _expect_none(model, config, props.save_load_problems(pruned, fresh, cache.batch(model)))

@@ -16,47 +16,31 @@ from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
+import model_cache as cache
 import pytest
 import torch
 from hypothesis import find, given, settings
+from model_cache import SEED
 from torch import nn
 
 from pytest_tprune import properties as props
 from pytest_tprune import pruning
 from pytest_tprune.cli import build_parser, config_from_args
 from pytest_tprune.config import PruneConfig
-from pytest_tprune.errors import PruneStepError
 from pytest_tprune.expectations import predicted_kept
-from pytest_tprune.models import ModelSpec, build_model, timm_spec
+from pytest_tprune.models import ModelSpec
 from pytest_tprune.strategies import ROUND_TO, prune_configs, ratios, reproduce_command
-
-SEED = 0
-
-
-@functools.cache
-def _model(name: str) -> tuple[ModelSpec, nn.Module]:
-    spec = timm_spec(name)
-    return spec, build_model(spec, SEED)
-
-
-@functools.cache
-def _perturbed(name: str) -> nn.Module:
-    return props.perturb(copy.deepcopy(_model(name)[1]), SEED)
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread_and_release_models() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    _model.cache_clear()
-    _perturbed.cache_clear()
+    with cache.one_thread_then_release():
+        yield
 
 
 def _record(name: str, config: PruneConfig, perturbed: bool = True) -> props.RecordedPrune:
-    spec, model = _model(name)
-    source = _perturbed(name) if perturbed else model
+    spec, model = cache.pristine(name)
+    source = cache.perturbed(name) if perturbed else model
     return props.record_prune(spec, copy.deepcopy(source), spec.make_inputs(1, SEED), config, SEED)
 
 
@@ -99,10 +83,10 @@ def test_strategy_arguments_are_validated() -> None:
 
 
 def test_perturbation_makes_every_channel_distinguishable_and_is_seeded() -> None:
-    fresh = _model("test_resnet")[1]
+    fresh = cache.pristine("test_resnet")[1]
     bn = fresh.conv1[1]
     assert torch.all(bn.running_var == 1) and torch.all(bn.weight == 1) and torch.all(bn.bias == 0)
-    a, b = _perturbed("test_resnet"), props.perturb(copy.deepcopy(fresh), SEED)
+    a, b = cache.perturbed("test_resnet"), props.perturb(copy.deepcopy(fresh), SEED)
     for (name, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(x, y), f"{name}: perturbation is not reproducible"
     for module in a.modules():
@@ -113,7 +97,7 @@ def test_perturbation_makes_every_channel_distinguishable_and_is_seeded() -> Non
     other = props.perturb(copy.deepcopy(fresh), SEED + 1)
     assert not torch.equal(other.conv1[1].weight, a.conv1[1].weight)
     with torch.no_grad():
-        assert bool(torch.isfinite(a(_model("test_resnet")[0].make_inputs(2, SEED))).all())
+        assert bool(torch.isfinite(a(cache.pristine("test_resnet")[0].make_inputs(2, SEED))).all())
 
 
 # -- each check catches its fault ----------------------------------------------------------------------------------
@@ -189,13 +173,13 @@ class _WrongStatsBatchnormPruner:
 
 
 def test_wrong_batchnorm_stats_are_caught_by_equivalence_only_after_perturbation() -> None:
-    spec, fresh = _model("test_resnet")
+    spec, fresh = cache.pristine("test_resnet")
     wrong = replace(spec, customized_pruners=lambda model: {nn.BatchNorm2d: _WrongStatsBatchnormPruner()})
     config = PruneConfig(0.5)
-    assert props.equivalence_report(spec, _perturbed("test_resnet"), config, SEED).ok
+    assert props.equivalence_report(spec, cache.perturbed("test_resnet"), config, SEED).ok
     unseen = props.equivalence_report(wrong, fresh, config, SEED)
     assert unseen.ok and len(unseen.checked) == 11, "fresh BatchNorm stats are 0/1 everywhere: nothing to see"
-    caught = props.equivalence_report(wrong, _perturbed("test_resnet"), config, SEED)
+    caught = props.equivalence_report(wrong, cache.perturbed("test_resnet"), config, SEED)
     assert caught.problems and all(p.startswith("group ") for p in caught.problems)
     assert any("group conv1.0 (out-channels)" in p for p in caught.problems), caught.problems
 
@@ -211,12 +195,12 @@ def test_wrong_batchnorm_stats_are_caught_by_equivalence_only_after_perturbation
 )
 def test_each_blocker_really_breaks_equivalence(model: str, root: str, unfuse: bool, reason: str) -> None:
     """Skipping a group is never a convenience: forced through the check, it fails, naming why."""
-    spec = _model(model)[0]
+    spec = cache.pristine(model)[0]
     only = functools.partial(lambda group, root: group.root == root, root=root)
-    skipped = props.equivalence_report(spec, _perturbed(model), PruneConfig(0.5), SEED, unfuse=unfuse, only=only)
+    skipped = props.equivalence_report(spec, cache.perturbed(model), PruneConfig(0.5), SEED, unfuse=unfuse, only=only)
     assert skipped.ok and not skipped.checked and any(reason in r for rs in skipped.skipped.values() for r in rs)
     forced = props.equivalence_report(
-        spec, _perturbed(model), PruneConfig(0.5), SEED, unfuse=unfuse, only=only, include_blocked=True
+        spec, cache.perturbed(model), PruneConfig(0.5), SEED, unfuse=unfuse, only=only, include_blocked=True
     )
     assert len(forced.problems) == 1 and forced.problems[0].startswith(f"group {root} ")
     assert reason in forced.problems[0]
@@ -224,23 +208,23 @@ def test_each_blocker_really_breaks_equivalence(model: str, root: str, unfuse: b
 
 def test_equivalence_over_iterative_steps_needs_the_original_numbering(monkeypatch: pytest.MonkeyPatch) -> None:
     """Later steps number channels of the already-pruned model: soft pruning must map them back."""
-    spec = _model("test_resnet")[0]
+    spec = cache.pristine("test_resnet")[0]
     config = PruneConfig(0.5, iterative_steps=3)
-    assert props.equivalence_report(spec, _perturbed("test_resnet"), config, SEED).ok
+    assert props.equivalence_report(spec, cache.perturbed("test_resnet"), config, SEED).ok
 
     def unmapped(trace: props.GroupTrace, graph: Any, group: Any, alive: Any) -> None:
         for member in trace.members:
             member.original_idxs = list(member.idxs)
 
     monkeypatch.setattr(props, "_map_to_original", unmapped)
-    report = props.equivalence_report(spec, _perturbed("test_resnet"), config, SEED)
+    report = props.equivalence_report(spec, cache.perturbed("test_resnet"), config, SEED)
     assert report.problems and all(p.startswith("group ") for p in report.problems)
 
 
 def test_attention_head_dims_are_equivalent_once_attention_is_unfused() -> None:
-    spec = _model("test_vit")[0]
+    spec = cache.pristine("test_vit")[0]
     report = props.equivalence_report(
-        spec, _perturbed("test_vit"), PruneConfig(0.5), SEED, only=lambda g: g.root == "blocks.0.attn.proj"
+        spec, cache.perturbed("test_vit"), PruneConfig(0.5), SEED, only=lambda g: g.root == "blocks.0.attn.proj"
     )
     assert report.ok and report.checked == ["group blocks.0.attn.proj (in-channels, step 1)"]
 
@@ -280,7 +264,7 @@ def test_monotonicity_check_names_the_layer_that_kept_more() -> None:
 
 def test_save_load_check_catches_a_loaded_model_tied_to_the_pruned_one() -> None:
     """torch-pruning's state is a shallow copy of module dicts: loaded without serialising, it aliases."""
-    spec, fresh = _model("test_resnet")
+    spec, fresh = cache.pristine("test_resnet")
     pruned = _record("test_resnet", PruneConfig(0.5), perturbed=False).model
     assert props.save_load_problems(pruned, copy.deepcopy(fresh), spec.make_inputs(2, SEED)) == []
     problems = props.save_load_problems(pruned, copy.deepcopy(fresh), spec.make_inputs(2, SEED), serialize=False)
@@ -290,23 +274,19 @@ def test_save_load_check_catches_a_loaded_model_tied_to_the_pruned_one() -> None
     ]
 
 
-# -- known disagreements, pinned so that a fix shows up --------------------------------------------------------------
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="expectations.predicted_kept applies no rounding to channel-grouped layers, but torch-pruning 1.6 "
-    "rounds each head with _round_to against the whole width: tprune --model test_vit4 --pruning_ratio 0.01 "
-    "--round_to 4 keeps 84 of 96 attention dims where the rule says 93",
-)
 def test_predicted_kept_models_round_to_of_attention_heads() -> None:
+    """torch-pruning rounds each head's removal against the whole width:
+    ``tprune --model test_vit4 --pruning_ratio 0.01 --round_to 4`` keeps 84 of 96
+    attention dims, not the 93 that rounding the kept count would give."""
     recorded = _record("test_vit4", PruneConfig(0.01, round_to=4), perturbed=False)
     heads = [g for g in recorded.groups if g.channel_groups > 1]
     assert heads
     for group in heads:
         kept = group.channels - len(group.removed)
-        assert kept == props.expected_kept(group.channels, group.channel_groups, 0.01, 4) == 84
-        assert kept == predicted_kept(group.channels, group.channel_groups, 0.01, 4)
+        assert kept == predicted_kept(group.channels, group.channel_groups, 0.01, 4) == 84
+
+
+# -- known disagreements, pinned so that a fix shows up --------------------------------------------------------------
 
 
 @pytest.mark.xfail(
@@ -327,18 +307,6 @@ def test_tp_load_reads_what_tp_save_wrote() -> None:
 
 @pytest.mark.xfail(
     strict=True,
-    raises=PruneStepError,
-    reason="found by test_forward_validity: test_vit3 fails in uniform mode too (known.py lists only global): "
-    "AttentionPoolLatent.forward reshapes the attention output, 3 heads x int(32 (1 - r)) wide, to its input "
-    "width int(96 (1 - r)): tprune --model test_vit3 --pruning_ratio 0.01",
-)
-def test_vit3_prunes_in_uniform_mode() -> None:
-    spec, model = _model("test_vit3")
-    pruning.prune(spec, PruneConfig(0.01), "cpu", SEED, model=copy.deepcopy(model))
-
-
-@pytest.mark.xfail(
-    strict=True,
     reason="torch-pruning leaves a group whole when the global threshold (or rounding down to round_to) "
     "would remove all its channels, so a larger ratio can keep more in total",
 )
@@ -350,9 +318,9 @@ def test_vit3_prunes_in_uniform_mode() -> None:
     ],
 )
 def test_larger_ratio_keeps_no_more_in_total(model: str, config: PruneConfig, smaller: float) -> None:
-    spec, pristine = _model(model)
+    spec, unpruned = cache.pristine(model)
     outcomes = [
-        pruning.prune(spec, c, "cpu", SEED, model=copy.deepcopy(pristine)).outcome
+        pruning.prune(spec, c, "cpu", SEED, model=copy.deepcopy(unpruned)).outcome
         for c in (replace(config, ratio=smaller), config)
     ]
     low, high = (props.SizeFigures.from_outcome(o) for o in outcomes)
@@ -379,6 +347,6 @@ def test_refused_groups_are_recorded(model: str, config: PruneConfig, refused_ro
     "(timm ConvNormAct.in_channels), and load_state_dict fails setting them: test_byobnet, even unpruned",
 )
 def test_tp_state_dict_loads_into_test_byobnet() -> None:
-    spec, fresh = _model("test_byobnet")
+    spec, fresh = cache.pristine("test_byobnet")
     pruned = _record("test_byobnet", PruneConfig(0.0), perturbed=False).model
     assert props.save_load_problems(pruned, copy.deepcopy(fresh), spec.make_inputs(2, SEED)) == []

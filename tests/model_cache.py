@@ -1,0 +1,60 @@
+"""Models for the property tests, built once per test process and handed out as deep copies.
+
+Pruning works in place and Hypothesis does not reset fixtures between
+examples, so every example deep-copies a cached pristine model (cheaper than
+re-running timm's weight init). Both property modules share this cache; each
+clears it when it finishes, so a worker never holds more than one module's
+models.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+from pytest_tprune import properties as props
+from pytest_tprune.models import ModelSpec, build_model, timm_spec
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+SEED = 0
+
+
+@functools.cache
+def pristine(name: str) -> tuple[ModelSpec, nn.Module]:
+    """The spec and the seeded, unpruned model (never prune it: deep-copy it)."""
+    spec = timm_spec(name)
+    return spec, build_model(spec, SEED)
+
+
+@functools.cache
+def perturbed(name: str) -> nn.Module:
+    """The pristine model after :func:`pytest_tprune.properties.perturb`, so every channel is distinguishable."""
+    return props.perturb(copy.deepcopy(pristine(name)[1]), SEED)
+
+
+@functools.cache
+def batch(name: str) -> torch.Tensor:
+    """A seeded input batch of two."""
+    return pristine(name)[0].make_inputs(2, SEED)
+
+
+@contextmanager
+def one_thread_then_release() -> Iterator[None]:
+    """One torch thread while a module runs (``-n auto`` already uses every core, and tiny
+    models gain nothing from intra-op threads), then drop the cached models."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        for cached in (pristine, perturbed, batch):
+            cached.cache_clear()
