@@ -14,6 +14,8 @@ For every model, in fresh subprocesses (so peak RSS is the case's own):
   checks, goldens compared) in a scratch project; its goldens are written by an
   unmeasured first run, so the measured run is the CI path.
 
+Each side runs ``REPEATS`` times and keeps its fastest run.
+
 Both sides are timed from after the imports (the suite's figure is the test
 item's setup + call + teardown), because imports are paid once per process,
 not once per case. The breakdown of (b) comes from the plugin's JSON report.
@@ -44,6 +46,9 @@ ROOT = Path(__file__).resolve().parents[1]
 MODELS = ("test_vit", "resnet50", "vit_base_patch32_224", "convnext_tiny", "efficientnet_b0")
 RATIO = 0.5
 SEED = 0
+HEAVIEST_GRID_CASES = ("vit_base_patch32_224", "test_coatnet", "test_maxvit")
+"""The grid's largest single cases by peak memory: ViT-B/32, and the two known hangs, whose
+dependency-graph loop grows memory until the time limit stops it."""
 BREAKDOWN = ("pristine", "build", "count", "trace", "prune", "adapt", "forward", "shapes", "golden", "reduction")
 
 BARE_CHILD = r"""
@@ -110,8 +115,14 @@ def run_json(args: list[str], cwd: Path | None = None, timeout: float = 1800) ->
     return dict(json.loads(lines[-1]))
 
 
+REPEATS = 3
+"""Each side is measured this many times and the fastest run kept: on a shared 2-core machine a
+single run can be off by 2x, and the minimum is the figure closest to the code's own cost."""
+
+
 def bare(model: str) -> dict[str, Any]:
-    return run_json(["-c", BARE_CHILD, model, str(RATIO), str(SEED)])
+    runs = [run_json(["-c", BARE_CHILD, model, str(RATIO), str(SEED)]) for _ in range(REPEATS)]
+    return min(runs, key=lambda r: float(r["work_s"]))
 
 
 def suite(model: str, scratch: Path) -> dict[str, Any]:
@@ -138,13 +149,38 @@ def suite(model: str, scratch: Path) -> dict[str, Any]:
         str(project / "test_case.py"),
     ]
     run_json([*common, "--tprune-update-golden"], cwd=project)
-    measured = run_json([*common, f"--tprune-report={report}"], cwd=project)
-    if measured["exit"] != 0:
-        raise SystemExit(f"the suite failed on {model}: exit {measured['exit']}")
-    (row,) = json.loads(report.read_text())["cases"]
-    measured["case_s"] = sum(measured["items"].values())
-    measured["durations"] = row["durations"]
-    return measured
+    runs = []
+    for _ in range(REPEATS):
+        measured = run_json([*common, f"--tprune-report={report}"], cwd=project)
+        if measured["exit"] != 0:
+            raise SystemExit(f"the suite failed on {model}: exit {measured['exit']}")
+        (row,) = json.loads(report.read_text())["cases"]
+        measured["case_s"] = sum(measured["items"].values())
+        measured["durations"] = row["durations"]
+        runs.append(measured)
+    return min(runs, key=lambda r: float(r["case_s"]))
+
+
+def single_case_peak(model: str, scratch: Path) -> float:
+    """Peak RSS of one process running just ``model``'s r0.50-local grid case (known failures included)."""
+    project = scratch / f"alone-{model}"
+    project.mkdir(parents=True, exist_ok=True)
+    args = [
+        "-c",
+        SUITE_CHILD,
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        "no:xdist",
+        f"--tprune-models={model}",
+        f"--tprune-ratios={RATIO}",
+        "--tprune-modes=local",
+        f"--tprune-golden-dir={project}",
+        "--tprune-update-golden",
+        str(ROOT / "tests" / "test_zoo.py") + "::test_prune",
+    ]
+    return float(run_json(args, cwd=ROOT)["peak_rss_mb"])
 
 
 def grid_throughput(workers: int, report: Path) -> dict[str, Any]:
@@ -159,8 +195,9 @@ def grid_throughput(workers: int, report: Path) -> dict[str, Any]:
     cases = json.loads(report.read_text())["cases"]
     by_worker: dict[str, float] = {}
     for case in cases:
-        worker = case.get("worker") or "main"
-        by_worker[worker] = max(by_worker.get(worker, 0.0), case.get("peak_rss_mb") or 0.0)
+        if case.get("worker") and case.get("peak_rss_mb"):  # cases that stopped early carry no figures
+            worker = case["worker"]
+            by_worker[worker] = max(by_worker.get(worker, 0.0), case["peak_rss_mb"])
     per_min = len(cases) / wall * 60
     return {"workers": workers, "cases": len(cases), "wall_s": wall, "per_min": per_min, "peaks": by_worker}
 
@@ -206,7 +243,8 @@ def render(rows: list[dict[str, Any]], grid: list[dict[str, Any]], single_peak: 
             worst = max(p for g in grid for p in g["peaks"].values())
             lines.append(
                 f"\nLargest worker high-water mark {worst:.0f} MB against {single_peak:.0f} MB for the largest "
-                f"single case (vit_base_patch32_224 alone): {worst / single_peak:.2f}x"
+                f"single case run alone ({', '.join(HEAVIEST_GRID_CASES)} at r0.50-local, each in its own "
+                f"process): {worst / single_peak:.2f}x"
             )
     return "\n".join(lines) + "\n"
 
@@ -225,11 +263,12 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             print(f"{model}: bare {row['bare']['work_s']:.2f} s, suite {row['suite']['case_s']:.2f} s", flush=True)
         grid = []
+        single = None
         if args.throughput:
+            single = max(single_case_peak(model, scratch) for model in HEAVIEST_GRID_CASES)
             for workers in (1, 2):
                 grid.append(grid_throughput(workers, scratch / f"grid-{workers}.json"))
                 print(f"-n {workers}: {grid[-1]['per_min']:.1f} cases/min", flush=True)
-    single = next((r["suite"]["peak_rss_mb"] for r in rows if r["model"] == "vit_base_patch32_224"), None)
     header = f"Measured {time.strftime('%Y-%m-%d')} on {machine()}; {versions()}.\n\n"
     text = header + render(rows, grid, single)
     print(text)

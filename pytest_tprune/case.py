@@ -77,6 +77,11 @@ class _Pristine:
         return self._unreached
 
 
+RELEASE_ABOVE_PARAMS = 10_000_000
+"""Switching away from a model this large runs :func:`release_memory` (about 0.2 s with torch
+loaded); smaller models leave too little behind to be worth it."""
+
+
 class ModelStore:
     """Keeps the most recently built pristine model of this worker.
 
@@ -91,7 +96,10 @@ class ModelStore:
     def pristine(self, spec: ModelSpec, seed: int) -> _Pristine:
         key = (spec.name, seed)
         if self._entry is None or self._entry.key != key:
-            self._entry = None  # release the previous model before building the next
+            previous, self._entry = self._entry, None  # release the previous model before building the next
+            if previous is not None and sum(p.numel() for p in previous.model.parameters()) > RELEASE_ABOVE_PARAMS:
+                del previous
+                release_memory()
             self._entry = _Pristine(key, build_model(spec, seed), spec)
             self.builds += 1
         return self._entry
@@ -101,6 +109,23 @@ class ModelStore:
 
 
 STORE = ModelStore()
+
+
+def release_memory() -> None:
+    """Collect garbage and hand freed heap back to the OS, between models and after failed cases.
+
+    torch-pruning's dependency graph is full of reference cycles, which only
+    the cyclic collector frees; a case that times out leaves gigabytes of them
+    behind. And glibc keeps freed memory in its arenas, so without a trim a
+    worker's resident size ratchets up with every large model it has seen.
+    """
+    import contextlib
+    import ctypes
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 @functools.cache
@@ -125,7 +150,7 @@ def share_cores() -> int:
 
 
 def unreached_parameters(model: nn.Module, inputs: Any) -> frozenset[str]:
-    """Parameters a backward pass from the output does not reach.
+    """Parameters a train-mode backward pass from the output does not reach.
 
     Computed on the unpruned model too, so that parameters a model never uses
     (e.g. an unused auxiliary head) are not blamed on pruning.
@@ -133,7 +158,9 @@ def unreached_parameters(model: nn.Module, inputs: Any) -> frozenset[str]:
     from pytest_tprune.measure import output_tensor
 
     model.zero_grad(set_to_none=True)
+    model.train()
     output_tensor(model(inputs)).float().sum().backward()
+    model.eval()
     unreached = frozenset(n for n, p in model.named_parameters() if p.requires_grad and p.grad is None)
     model.zero_grad(set_to_none=True)
     return unreached
@@ -270,8 +297,9 @@ class TpruneCase:
     # -- checks ---------------------------------------------------------------
 
     def check_forward(self) -> None:
-        """Eval at batch 1 and 2, same output shape, finite; backward reaches every
-        parameter the unpruned model's backward reached; train-mode forward works."""
+        """Eval output at batch 1 has the unpruned shape and is finite; a train-mode forward at
+        batch 2 has the right shape, is finite, and its backward reaches every parameter the
+        unpruned model's train-mode backward reached."""
         __tracebackhide__ = True
         self.pruned  # noqa: B018 - prune first, under its own time limit
         with self._timed("forward"):
@@ -280,30 +308,36 @@ class TpruneCase:
             raise CheckFailed("forward", "; ".join(problems))
 
     def _forward_problems(self) -> list[str]:
+        """Two passes, not four: the eval pass at batch 1 is the one counting already ran
+        (``Pruned.output``), and the train-mode pass at batch 2 also carries the backward."""
         import torch
 
-        from pytest_tprune.measure import output_tensor
-
-        model, pruned = self.pruned.model, self.pruned
+        pruned = self.pruned
         base_shape = list(pruned.base_output.shape)
-        device = self.pruned.inputs.device
         problems = []
         if self.outcome.output_shape_after != base_shape:
             problems.append(f"eval output shape {self.outcome.output_shape_after} != unpruned {base_shape}")
-        batch = self.spec.make_inputs(2, self.settings.seed).to(device)
-        model.eval()
-        with torch.no_grad():
-            out1 = output_tensor(model(pruned.inputs))
-        if not torch.isfinite(out1).all():
+        if not torch.isfinite(pruned.output).all():
             problems.append("eval output at batch 1 has non-finite values")
-        out2 = output_tensor(model(batch))
-        expected2 = [2, *base_shape[1:]]
-        if list(out2.shape) != expected2:
-            problems.append(f"eval output shape at batch 2 {list(out2.shape)} != {expected2}")
-        elif not torch.isfinite(out2).all():
-            problems.append("eval output at batch 2 has non-finite values")
+        batch = self.spec.make_inputs(2, self.settings.seed).to(pruned.inputs.device)
+        return problems + self._train_problems(batch, [2, *base_shape[1:]])
+
+    def _train_problems(self, batch: Any, expected: list[int]) -> list[str]:
+        from pytest_tprune.measure import output_tensor
+
+        model = self.pruned.model
         model.zero_grad(set_to_none=True)
-        out2.float().sum().backward()
+        model.train()
+        try:
+            out = output_tensor(model(batch))
+            if list(out.shape) != expected:
+                return [f"train-mode output shape at batch 2 {list(out.shape)} != {expected}"]
+            problems = [] if out.isfinite().all() else ["train-mode output at batch 2 has non-finite values"]
+            out.float().sum().backward()
+        except Exception as exc:
+            return [f"train-mode forward/backward failed: {type(exc).__name__}: {exc}"]
+        finally:
+            model.eval()
         missed = sorted(n for n, p in model.named_parameters() if p.requires_grad and p.grad is None)
         model.zero_grad(set_to_none=True)
         if missed:  # blame pruning only for what the unpruned model reaches
@@ -311,28 +345,7 @@ class TpruneCase:
             missed = [n for n in missed if n not in allowed]
         if missed:
             problems.append(f"backward reaches no gradient to {len(missed)} parameter(s): {', '.join(missed[:5])}")
-        problems += self._train_forward_problems(batch, expected2)
         return problems
-
-    def _train_forward_problems(self, batch: Any, expected: list[int]) -> list[str]:
-        import torch
-
-        from pytest_tprune.measure import output_tensor
-
-        model = self.pruned.model
-        model.train()
-        try:
-            with torch.no_grad():
-                out = output_tensor(model(batch))
-        except Exception as exc:
-            return [f"train-mode forward failed: {type(exc).__name__}: {exc}"]
-        finally:
-            model.eval()
-        if list(out.shape) != expected:
-            return [f"train-mode output shape {list(out.shape)} != {expected}"]
-        if not torch.isfinite(out).all():
-            return ["train-mode output has non-finite values"]
-        return []
 
     def check_shapes(self) -> None:
         """Uniform mode: every pruned group removed what ratio and round_to predict;
@@ -425,6 +438,14 @@ class TpruneCase:
         __tracebackhide__ = True
         for check in self.settings.checks:
             getattr(self, f"check_{check}")()
+
+    def resources_row(self) -> dict[str, Any]:
+        """What a case that stopped before its figures still reports: memory, worker, durations."""
+        return {
+            "peak_rss_mb": peak_rss_mb(),
+            "worker": os.environ.get("PYTEST_XDIST_WORKER", "main"),
+            "durations": {k: round(v, 4) for k, v in self.check_times.items()},
+        }
 
     def summary_row(self) -> dict[str, Any]:
         """The figures of this case for the terminal table and the JSON report."""

@@ -50,14 +50,38 @@ def frozen_parameters(model: nn.Module) -> Iterator[None]:
 
 
 def forward_with_flops(model: nn.Module, inputs: torch.Tensor) -> tuple[Any, int]:
-    """One no-grad forward that also yields the independent MAC count (FLOPs / 2)."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
+    """One no-grad forward that also yields the independent MAC count (FLOPs / 2).
 
-    counter = FlopCounterMode(display=False)
+    The FLOP formulas are ``FlopCounterMode``'s (its ``flop_registry``), summed
+    by a bare dispatch mode: the same total without ``FlopCounterMode``'s
+    per-module bookkeeping, which costs about a fifth of a forward pass.
+    """
+    import torch
+
+    counter = _make_flop_counter()
     with torch.no_grad(), frozen_parameters(model), counter:
         output = model(inputs)
-    return output, int(counter.get_total_flops()) // 2
+    return output, int(counter.flops) // 2
+
+
+def _make_flop_counter() -> Any:
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import flop_registry
+
+    class FlopSum(TorchDispatchMode):
+        """Sums the FLOPs of every aten op that has a formula, nothing else."""
+
+        flops = 0
+
+        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            kwargs = kwargs or {}
+            out = func(*args, **kwargs)
+            formula = flop_registry.get(func._overloadpacket)
+            if formula is not None:
+                self.flops += formula(*args, **kwargs, out_val=out)
+            return out
+
+    return FlopSum()
 
 
 def output_tensor(output: Any) -> torch.Tensor:

@@ -256,6 +256,7 @@ def timm_spec(name: str, input_cap: int | None = None, pretrained: bool = False)
         return timm.create_model(name, pretrained=pretrained)
 
     from pytest_tprune.known import known_failure, reduction_band
+    from pytest_tprune.zoo import representative_param_counts
 
     band = reduction_band(name)
     return ModelSpec(
@@ -263,6 +264,7 @@ def timm_spec(name: str, input_cap: int | None = None, pretrained: bool = False)
         factory=factory,
         input_size=timm_input_size(name, input_cap),
         source="timm",
+        param_count=representative_param_counts().get(name),
         known_failure=known_failure(name),
         reduction_band=band[0] if band else None,
         reduction_band_reason=band[1] if band else "",

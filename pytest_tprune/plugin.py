@@ -195,6 +195,11 @@ def tprune_case(request: pytest.FixtureRequest) -> Generator[TpruneCase, None, N
     yield case
     if "pruned" in case.__dict__:
         node.user_properties.append((FIGURES_KEY, case.summary_row()))
+    else:  # pruning failed or timed out: free what it left behind before the next case
+        from pytest_tprune.case import release_memory
+
+        release_memory()
+        node.user_properties.append((FIGURES_KEY, case.resources_row()))
     node.user_properties.extend((WRITTEN_KEY, path) for path in case.golden_written)
 
 

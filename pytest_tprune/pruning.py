@@ -104,6 +104,8 @@ class Pruned:
     tree_before: str
     tree_after: str
     baseline: Baseline
+    output: torch.Tensor
+    """The pruned model's eval output on ``inputs`` (from the counting pass, so checks need not rerun it)."""
 
 
 def resolve_device(device: str) -> str:
@@ -409,7 +411,8 @@ def prune(
         warnings=_unique_messages(caught),
         timings={k: round(v, 4) for k, v in clock.timings.items()},
     )
-    return Pruned(model, inputs, baseline.output, outcome, baseline.tree, repr(model), baseline)
+    output = output_tensor(pruned_output).detach()
+    return Pruned(model, inputs, baseline.output, outcome, baseline.tree, repr(model), baseline, output)
 
 
 def _adapt(model: nn.Module, spec: ModelSpec) -> list[str]:

@@ -177,7 +177,9 @@ def unused_goldens(state: RunState) -> list[str]:
     """Golden files of fully selected, run models that no generated case uses.
 
     A model counts only if none of its cases were deselected (``-k``, shards),
-    so narrowing a run never reports another run's goldens as unused.
+    so narrowing a run never reports another run's goldens as unused; with
+    ratios or modes given on the command line, only goldens of those ratios
+    and modes are judged (``--tprune-ratios=0.5`` leaves the 0.3 goldens alone).
     """
     golden_dir = state.settings.golden_dir
     ran = {row.model for row in state.rows.values()}
@@ -187,9 +189,17 @@ def unused_goldens(state: RunState) -> list[str]:
         folder = golden_dir / model
         known = {cid for m, cid in state.generated if m == model}
         for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-            if path.stem not in known:
+            if path.stem not in known and _in_scope(path.stem, state.settings):
                 unused.append(str(path))
     return unused
+
+
+def _in_scope(config_id: str, settings: Settings) -> bool:
+    """Whether a golden's config id lies within the run's ratios and modes (always, unless narrowed)."""
+    if not settings.configs_narrowed:
+        return True
+    ratio, _, rest = config_id.partition("-")
+    return ratio in {f"r{r:.2f}" for r in settings.ratios} and rest.split("-")[0] in settings.modes
 
 
 def finish_run(state: RunState) -> bool:

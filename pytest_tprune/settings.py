@@ -88,6 +88,8 @@ class Settings:
     shard: tuple[int, int] | None
     seed: int
     checks: tuple[str, ...]
+    configs_narrowed: bool = False
+    """Ratios or modes came from the command line: goldens outside them are not judged unused."""
 
 
 def _number(text: str, what: str, minimum: float) -> float:
@@ -160,6 +162,7 @@ def parse_settings(config: pytest.Config) -> Settings:
         shard=parse_shard(shard) if shard else None,
         seed=int(seed),
         checks=parse_checks(_text(config, "checks", None)),
+        configs_narrowed=_raw(config, "ratios")[1] or _raw(config, "modes")[1],
     )
 
 

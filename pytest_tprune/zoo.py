@@ -17,6 +17,7 @@ refreshes it after a timm upgrade.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
@@ -132,6 +133,21 @@ def read_cache(path: Path = CACHE_PATH) -> dict[str, Any]:
     with path.open(encoding="utf-8") as file:
         data: dict[str, Any] = json.load(file)
     return data
+
+
+@functools.cache
+def representative_param_counts(path: Path = CACHE_PATH) -> dict[str, int]:
+    """model -> parameter count of the family representatives, when the cache matches this timm.
+
+    The memory guard needs a count before building; for these models it is
+    already known, which saves a meta-device build per model.
+    """
+    if not path.exists():
+        return {}
+    data = read_cache(path)
+    if data.get("timm_version") != _timm_version():
+        return {}
+    return {entry["model"]: int(entry["params"]) for entry in data.get("representatives", {}).values()}
 
 
 def cache_is_current(path: Path = CACHE_PATH) -> bool:

@@ -167,17 +167,25 @@ def test_golden_bytes_identical_with_and_without_xdist(pytester: pytest.Pytester
 
 @pytest.mark.parametrize("mode", ["plain", "xdist"])
 def test_unused_goldens_fail_unless_warned(project: pytest.Pytester, mode: str) -> None:
-    extra = MODES[mode]
-    assert run(project, *extra, "--tprune-update-golden").ret == 0
+    """A golden of a config the configured grid no longer has is stale (the grid lives in the ini file)."""
+    project.makefile(".toml", pyproject='[tool.pytest.ini_options]\ntprune_ratios = "0.5"\ntprune_modes = "local"\n')
+    extra = ("--tprune-models=test_resnet", "-p", "no:cacheprovider", *MODES[mode])
+
+    def run_ini(*args: str) -> pytest.RunResult:
+        if "-n" in args:
+            return project.runpytest_subprocess(*args, timeout=300)
+        return project.runpytest(*args)
+
+    assert run_ini(*extra, "--tprune-update-golden").ret == 0
     stale = project.path / "golden" / "test_resnet" / "r0.90-local.json"
     stale.write_text("{}")
-    result = run(project, *extra)
+    result = run_ini(*extra)
     assert result.ret == 1
     result.stdout.fnmatch_lines(["*1 unused golden file(s), error*", "*r0.90-local.json"])
-    result = run(project, *extra, "--tprune-warn-unused")
+    result = run_ini(*extra, "--tprune-warn-unused")
     assert result.ret == 0
     result.stdout.fnmatch_lines(["*1 unused golden file(s), warning*"])
-    narrowed = run(project, *extra, "-k", "nothing_matches")
+    narrowed = run_ini(*extra, "-k", "nothing_matches")
     assert "unused golden" not in narrowed.stdout.str()
 
 
@@ -210,3 +218,13 @@ def test_marker_excludes_and_expands_families(project: pytest.Pytester) -> None:
     ids = [line.split("[")[1] for line in result.stdout.lines if "::" in line]
     assert len(ids) == 89 and all(i.endswith("-r0.50-local]") and not i.startswith("test_") for i in ids)
     assert "vit_base_patch32_224" not in " ".join(ids)
+
+
+def test_narrowing_ratios_on_the_command_line_leaves_other_goldens_alone(project: pytest.Pytester) -> None:
+    assert run(project, "--tprune-update-golden").ret == 0
+    other = project.path / "golden" / "test_resnet" / "r0.30-local.json"
+    other.write_text("{}")
+    result = run(project, "--tprune-ratios=0.5")
+    assert result.ret == 0 and "unused golden" not in result.stdout.str()
+    result = run(project, "--tprune-ratios=0.3,0.5")
+    assert result.ret == 1  # in scope now: the 0.3 case ran and its golden no longer matches
