@@ -142,6 +142,25 @@ def sync_conv_channels(module: nn.Module) -> None:
     setattr(module, "in_channels", int(weight.shape[1]) * int(groups))  # noqa: B010
 
 
+def sync_anti_alias_filter(module: nn.Module) -> None:
+    """timm's ``ConvNormAct`` with a ``BlurPool2d`` (``aa``) after its conv: the blur keeps a
+    per-channel filter buffer and a ``channels`` count sized at build time.
+
+    The buffer is one fixed blur kernel repeated for every channel, and the
+    blur is depthwise, so the pruned layer keeps the first ``n`` rows: the same
+    kernel for the surviving channels, whichever they are.
+    """
+    aa, conv = getattr(module, "aa", None), getattr(module, "conv", None)
+    filt, weight = getattr(aa, "filt", None), getattr(conv, "weight", None)
+    if aa is None or filt is None or weight is None or getattr(aa, "channels", None) is None:
+        return
+    channels = int(weight.shape[0])
+    if channels < int(filt.shape[0]):
+        aa.filt = filt[:channels].clone()
+        aa.channels = channels
+
+
+register_adapter("timm.layers.conv_bn_act.ConvNormAct")(sync_anti_alias_filter)
 register_adapter("torch.nn.modules.conv._ConvNd")(sync_conv_channels)
 register_adapter(
     "torch.nn.modules.normalization.LayerNorm",
@@ -156,5 +175,6 @@ register_adapter(
     "timm.layers.attention.AttentionRope",
     "timm.models.vision_transformer.Attention",
     "timm.layers.attention_pool.AttentionPoolLatent",
+    "timm.models.pvt_v2.Attention",
 )(sync_head_attributes)
 register_adapter("timm.models.metaformer.Scale")(sync_scale_shape)

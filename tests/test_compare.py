@@ -278,7 +278,8 @@ def test_the_sample_in_the_docs_is_current(
     docs = Path(__file__).resolve().parents[1] / "docs" / "upgrades.md"
     if not docs.is_file():
         pytest.skip("docs/upgrades.md is not part of this checkout")
-    sample = docs.read_text(encoding="utf-8").split("```text\n", 1)[1].split("```", 1)[0]
+    blocks = [part.split("```", 1)[0] for part in docs.read_text(encoding="utf-8").split("```text\n")[1:]]
+    (sample,) = [b for b in blocks if b.startswith("tprune compare: reports/pinned.json")]
     (tmp_path / "reports").mkdir()
     old, new = upgrade_pair()
     write(tmp_path / "reports" / "pinned.json", old)
