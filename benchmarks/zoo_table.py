@@ -42,6 +42,7 @@ def timm_families(models: set[str]) -> dict[str, str]:
 def short_cause(row: dict[str, Any]) -> str:
     """A cause short enough for a table cell: the exception (and where), without the explanation."""
     text = str(row.get("reason") or row.get("failed_check") or "?").removeprefix(KNOWN_PREFIX)
+    text = text.removeprefix("pytest_tprune.errors.PruneStepError: ").removeprefix("pytest_tprune.errors.")
     if text.startswith("hang:"):
         return "hang (time limit)"
     text = re.sub(r"\s*\[at ([^\]]+)\].*", r" @ \1", text)
@@ -66,7 +67,7 @@ def render(cases: list[dict[str, Any]], environment: dict[str, Any], title: str)
         + ", ".join(f"{totals[k]} {k}" for k in ("passed", "xfailed", "failed", "skipped", "xpassed") if totals[k])
         + ". A known failure (`xfailed`) is strict: its cause is in `pytest_tprune/known.py`.",
         "",
-        "| family | cases | passed | known failures (cause) | failed | skipped (reason) |",
+        "| family | cases | passed | known failures (cause) | failed (cause) | skipped (reason) |",
         "|---|---:|---:|---|---:|---|",
     ]
     for family in sorted(by_family):
@@ -74,11 +75,17 @@ def render(cases: list[dict[str, Any]], environment: dict[str, Any], title: str)
         count: Counter[str] = Counter(r["outcome"] for r in rows)
         known = Counter(short_cause(r) for r in rows if r["outcome"] == "xfailed")
         skipped = Counter(str(r.get("reason") or "?")[:100] for r in rows if r["outcome"] == "skipped")
-        failed = count["failed"] + count["error"] + count["xpassed"]
+        failed = Counter(
+            short_cause(r) if r["outcome"] != "xpassed" else "xpassed"
+            for r in rows
+            if r["outcome"] in ("failed", "error", "xpassed")
+        )
         lines.append(
             f"| {family} | {len(rows)} | {count['passed']} | "
             + "; ".join(f"{n}x {cause}" for cause, n in known.most_common()).replace("|", "\\|")
-            + f" | {failed} | "
+            + " | "
+            + "; ".join(f"{n}x {cause}" for cause, n in failed.most_common()).replace("|", "\\|")
+            + " | "
             + "; ".join(f"{n}x {why}" for why, n in skipped.most_common()).replace("|", "\\|")
             + " |"
         )
