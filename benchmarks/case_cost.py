@@ -125,14 +125,9 @@ def bare(model: str) -> dict[str, Any]:
     return min(runs, key=lambda r: float(r["work_s"]))
 
 
-def suite(model: str, scratch: Path) -> dict[str, Any]:
-    """One case through pytest: an unmeasured run writes its goldens, the measured one compares."""
-    project = scratch / model
-    project.mkdir(parents=True, exist_ok=True)
-    (project / "pyproject.toml").write_text("[tool.pytest.ini_options]\n")
-    (project / "test_case.py").write_text(TEST_FILE)
-    report = project / "report.json"
-    common = [
+def one_case_args(model: str, *extra: str) -> list[str]:
+    """``SUITE_CHILD`` arguments that run ``model``'s r0.50-local case alone, without xdist."""
+    return [
         "-c",
         SUITE_CHILD,
         "-q",
@@ -144,10 +139,18 @@ def suite(model: str, scratch: Path) -> dict[str, Any]:
         f"--tprune-ratios={RATIO}",
         "--tprune-modes=local",
         f"--tprune-seed={SEED}",
-        "--rootdir",
-        str(project),
-        str(project / "test_case.py"),
+        *extra,
     ]
+
+
+def suite(model: str, scratch: Path) -> dict[str, Any]:
+    """One case through pytest: an unmeasured run writes its goldens, the measured one compares."""
+    project = scratch / model
+    project.mkdir(parents=True, exist_ok=True)
+    (project / "pyproject.toml").write_text("[tool.pytest.ini_options]\n")
+    (project / "test_case.py").write_text(TEST_FILE)
+    report = project / "report.json"
+    common = one_case_args(model, "--rootdir", str(project), str(project / "test_case.py"))
     run_json([*common, "--tprune-update-golden"], cwd=project)
     runs = []
     for _ in range(REPEATS):
@@ -165,21 +168,8 @@ def single_case_peak(model: str, scratch: Path) -> float:
     """Peak RSS of one process running just ``model``'s r0.50-local grid case (known failures included)."""
     project = scratch / f"alone-{model}"
     project.mkdir(parents=True, exist_ok=True)
-    args = [
-        "-c",
-        SUITE_CHILD,
-        "-q",
-        "-p",
-        "no:cacheprovider",
-        "-p",
-        "no:xdist",
-        f"--tprune-models={model}",
-        f"--tprune-ratios={RATIO}",
-        "--tprune-modes=local",
-        f"--tprune-golden-dir={project}",
-        "--tprune-update-golden",
-        str(ROOT / "tests" / "test_zoo.py") + "::test_prune",
-    ]
+    grid_test = f"{ROOT / 'tests' / 'test_zoo.py'}::test_prune"
+    args = one_case_args(model, f"--tprune-golden-dir={project}", "--tprune-update-golden", grid_test)
     return float(run_json(args, cwd=ROOT)["peak_rss_mb"])
 
 
