@@ -73,7 +73,8 @@ class _Pristine:
         if self._unreached is None:
             # Probe a copy: a forward leaves caches of non-leaf tensors in some models
             # (attention-bias caches), and those cannot be deep-copied afterwards.
-            self._unreached = unreached_parameters(copy.deepcopy(self.model), self.spec.make_inputs(2, self.key[1]))
+            inputs = self.spec.make_inputs(2, self.key[1])
+            self._unreached = unreached_parameters(copy.deepcopy(self.model), inputs, train=True)
         return self._unreached
 
 
@@ -149,16 +150,17 @@ def share_cores() -> int:
     return torch.get_num_threads()
 
 
-def unreached_parameters(model: nn.Module, inputs: Any) -> frozenset[str]:
-    """Parameters a train-mode backward pass from the output does not reach.
+def unreached_parameters(model: nn.Module, inputs: Any, train: bool = False) -> frozenset[str]:
+    """Parameters a backward pass from the output does not reach, in eval or train mode.
 
     Computed on the unpruned model too, so that parameters a model never uses
-    (e.g. an unused auxiliary head) are not blamed on pruning.
+    (e.g. an unused auxiliary head) are not blamed on pruning; the mode must
+    be the one the pruned model's backward ran in.
     """
     from pytest_tprune.measure import output_tensor
 
     model.zero_grad(set_to_none=True)
-    model.train()
+    model.train(train)
     output_tensor(model(inputs)).float().sum().backward()
     model.eval()
     unreached = frozenset(n for n, p in model.named_parameters() if p.requires_grad and p.grad is None)

@@ -2,8 +2,9 @@
 
 Two MAC counters on purpose: torch-pruning's ``count_ops_and_params`` is what
 the seed prints (so the CLI matches it), but it matches hooks by exact type and
-skips timm's norm subclasses; ``FlopCounterMode`` counts the aten ops that run,
-so it is the independent figure correctness checks can lean on.
+skips timm's norm subclasses; summing torch's FLOP formulas (those of
+``FlopCounterMode``) over the aten ops that run is the independent figure
+correctness checks can lean on.
 """
 
 from __future__ import annotations
@@ -31,24 +32,6 @@ def tp_counts(model: nn.Module, inputs: torch.Tensor) -> tuple[int, int]:
     return int(macs), int(params)
 
 
-@contextmanager
-def frozen_parameters(model: nn.Module) -> Iterator[None]:
-    """Parameters temporarily not requiring grad.
-
-    FlopCounterMode's module tracker hooks the gradient of every input that
-    requires grad, and fails on models that feed a parameter-derived tensor
-    into a submodule (timm's ``test_vit3``); counting needs no gradients.
-    """
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    for param, _ in flags:
-        param.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for param, flag in flags:
-            param.requires_grad_(flag)
-
-
 def forward_with_flops(model: nn.Module, inputs: torch.Tensor) -> tuple[Any, int]:
     """One no-grad forward that also yields the independent MAC count (FLOPs / 2).
 
@@ -59,7 +42,7 @@ def forward_with_flops(model: nn.Module, inputs: torch.Tensor) -> tuple[Any, int
     import torch
 
     counter = _make_flop_counter()
-    with torch.no_grad(), frozen_parameters(model), counter:
+    with torch.no_grad(), counter:
         output = model(inputs)
     return output, int(counter.flops) // 2
 

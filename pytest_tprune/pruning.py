@@ -78,9 +78,9 @@ class PruneOutcome:
 class Baseline:
     """What the unpruned model measures: the same for every config of a model, seed and device.
 
-    Measuring it costs two forwards (one counted by FlopCounterMode, one
-    traced by torch-pruning's counter), so a caller that prunes one model
-    with several configs measures it once and passes it to :func:`prune`.
+    Measuring it costs two forwards (one summing FLOP formulas, one traced by
+    torch-pruning's counter), so a caller that prunes one model with several
+    configs measures it once and passes it to :func:`prune`.
     """
 
     key: tuple[str, int, str]  # model, seed, device
@@ -99,13 +99,24 @@ class Pruned:
 
     model: nn.Module
     inputs: torch.Tensor
-    base_output: torch.Tensor
     outcome: PruneOutcome
-    tree_before: str
-    tree_after: str
     baseline: Baseline
     output: torch.Tensor
     """The pruned model's eval output on ``inputs`` (from the counting pass, so checks need not rerun it)."""
+
+    @property
+    def base_output(self) -> torch.Tensor:
+        """The unpruned model's eval output on ``inputs``."""
+        return self.baseline.output
+
+    @property
+    def tree_before(self) -> str:
+        return self.baseline.tree
+
+    @property
+    def tree_after(self) -> str:
+        """The pruned model's repr, made on demand: only the command line prints it."""
+        return repr(self.model)
 
 
 def resolve_device(device: str) -> str:
@@ -412,7 +423,7 @@ def prune(
         timings={k: round(v, 4) for k, v in clock.timings.items()},
     )
     output = output_tensor(pruned_output).detach()
-    return Pruned(model, inputs, baseline.output, outcome, baseline.tree, repr(model), baseline, output)
+    return Pruned(model, inputs, outcome, baseline, output)
 
 
 def _adapt(model: nn.Module, spec: ModelSpec) -> list[str]:
