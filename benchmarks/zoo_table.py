@@ -50,6 +50,14 @@ def short_cause(row: dict[str, Any]) -> str:
     return text[:140]
 
 
+def left_whole_cell(rows: list[dict[str, Any]]) -> str:
+    """``left whole / all groups`` over the passing cases, blank when none was left whole."""
+    passing = [r for r in rows if r["outcome"] == "passed"]
+    whole = sum(int(r.get("groups_left_whole") or 0) for r in passing)
+    total = whole + sum(int(r.get("groups_pruned") or 0) for r in passing)
+    return f"{whole} / {total}" if whole else ""
+
+
 def render(cases: list[dict[str, Any]], environment: dict[str, Any], title: str) -> str:
     families = timm_families({c["model"] for c in cases})
     by_family: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -67,8 +75,11 @@ def render(cases: list[dict[str, Any]], environment: dict[str, Any], title: str)
         + ", ".join(f"{totals[k]} {k}" for k in ("passed", "xfailed", "failed", "skipped", "xpassed") if totals[k])
         + ". A known failure (`xfailed`) is strict: its cause is in `pytest_tprune/known.py`.",
         "",
-        "| family | cases | passed | known failures (cause) | failed (cause) | skipped (reason) |",
-        "|---|---:|---:|---|---:|---|",
+        "A pass may leave whole the groups torch-pruning cannot prune consistently (`pytest_tprune/left_whole.py`): "
+        "*left whole* counts them, as left whole / all groups, over the family's passing cases.",
+        "",
+        "| family | cases | passed | left whole | known failures (cause) | failed (cause) | skipped (reason) |",
+        "|---|---:|---:|---:|---|---:|---|",
     ]
     for family in sorted(by_family):
         rows = by_family[family]
@@ -81,7 +92,7 @@ def render(cases: list[dict[str, Any]], environment: dict[str, Any], title: str)
             if r["outcome"] in ("failed", "error", "xpassed")
         )
         lines.append(
-            f"| {family} | {len(rows)} | {count['passed']} | "
+            f"| {family} | {len(rows)} | {count['passed']} | {left_whole_cell(rows)} | "
             + "; ".join(f"{n}x {cause}" for cause, n in known.most_common()).replace("|", "\\|")
             + " | "
             + "; ".join(f"{n}x {cause}" for cause, n in failed.most_common()).replace("|", "\\|")

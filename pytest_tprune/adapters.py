@@ -160,6 +160,27 @@ def sync_anti_alias_filter(module: nn.Module) -> None:
         aa.channels = channels
 
 
+def clear_attention_bias_cache(module: nn.Module) -> None:
+    """Attention with a learned position bias caches ``attention_biases[:, idxs]`` per device.
+
+    The cache is filled by any eval-mode forward, including torch-pruning's
+    trace, so after pruning it holds the unpruned bias (the old head width) as
+    a non-leaf tensor: the next forward uses the stale bias and ``deepcopy``
+    of the model fails. timm clears it in ``train()``; we clear it here.
+    """
+    if isinstance(getattr(module, "attention_bias_cache", None), dict):
+        setattr(module, "attention_bias_cache", {})  # noqa: B010
+
+
+register_adapter(
+    "timm.models.efficientformer.Attention",
+    "timm.models.efficientformer_v2.Attention2d",
+    "timm.models.efficientformer_v2.Attention2dDownsample",
+    "timm.models.efficientvit_msra.CascadedGroupAttention",
+    "timm.models.levit.Attention",
+    "timm.models.levit.AttentionDownsample",
+    "timm.models.tiny_vit.Attention",
+)(clear_attention_bias_cache)
 register_adapter("timm.layers.conv_bn_act.ConvNormAct")(sync_anti_alias_filter)
 register_adapter("torch.nn.modules.conv._ConvNd")(sync_conv_channels)
 register_adapter(

@@ -466,6 +466,8 @@ class TpruneCase:
             "kept_macs": round(kept_macs, 6),
             "kept_flop_macs": round(kept_flops, 6),
             "counter_disagreement": round(kept_macs - kept_flops, 6),
+            "groups_pruned": len(out.groups),
+            "groups_left_whole": len(out.left_whole),
             "device": out.device,
             "peak_rss_mb": peak_rss_mb(),
             "worker": os.environ.get("PYTEST_XDIST_WORKER", "main"),

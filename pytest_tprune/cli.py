@@ -165,6 +165,13 @@ def run_prune(args: argparse.Namespace) -> int:
     for message in result.outcome.warnings:
         print(message, file=sys.stderr)
     out = result.outcome
+    if out.left_whole:
+        print(
+            f"note: {len(out.left_whole)} group(s) left whole, which torch-pruning cannot prune consistently:",
+            file=sys.stderr,
+        )
+        for record in out.left_whole:
+            print(f"  {record.describe()}", file=sys.stderr)
     print()
     print(tree_diff(result.tree_before, result.tree_after))
     print()

@@ -24,7 +24,9 @@ class PruneStepError(TpruneError):
     ``count``; ``module`` is the dotted name of the module involved when known.
     """
 
-    def __init__(self, step: str, model: str, exc: BaseException, module: str | None = None) -> None:
+    def __init__(
+        self, step: str, model: str, exc: BaseException, module: str | None = None, note: str | None = None
+    ) -> None:
         self.step = step
         self.model = model
         self.module = module
@@ -32,7 +34,9 @@ class PruneStepError(TpruneError):
         where = f" in module '{module}'" if module else ""
         detail = f"{type(exc).__name__}: {exc}".strip()
         first_line = detail.splitlines()[0] if detail else type(exc).__name__
-        super().__init__(f"{step} failed for {model}{where}: {first_line}")
+        self.note = note
+        tail = f" ({note})" if note else ""
+        super().__init__(f"{step} failed for {model}{where}: {first_line}{tail}")
 
 
 class CaseTimeout(BaseException):

@@ -51,7 +51,7 @@ def golden_content(outcome: PruneOutcome, versions: dict[str, str]) -> dict[str,
         else "global ranking compares importances across layers: a near-tie can rank differently on "
         "another device, so this golden is exact for the device that made it"
     )
-    return {
+    content = {
         "schema": SCHEMA,
         "model": outcome.model,
         "config": outcome.config,
@@ -65,6 +65,9 @@ def golden_content(outcome: PruneOutcome, versions: dict[str, str]) -> dict[str,
         "modules": outcome.modules_after,
         "shapes": outcome.shapes_after,
     }
+    if outcome.left_whole:  # only where it happens, so other goldens keep their bytes
+        content["left_whole"] = {f"{lw.root} ({lw.direction})": lw.reason for lw in outcome.left_whole}
+    return content
 
 
 def dumps(content: dict[str, Any]) -> str:
@@ -110,9 +113,10 @@ class GoldenDiff:
     modules: list[tuple[str, str | None, str | None]]
     shapes: list[tuple[str, list[int] | None, list[int] | None]]
     figures: list[tuple[str, Any, Any]]
+    left_whole: list[tuple[str, str | None, str | None]]
 
     def __bool__(self) -> bool:
-        return bool(self.modules or self.shapes or self.figures)
+        return bool(self.modules or self.shapes or self.figures or self.left_whole)
 
 
 def _keyed_diff(expected: dict[str, Any], obtained: dict[str, Any]) -> list[tuple[str, Any, Any]]:
@@ -129,6 +133,7 @@ def diff_golden(expected: dict[str, Any], obtained: dict[str, Any]) -> GoldenDif
         modules=_keyed_diff(expected.get("modules", {}), obtained["modules"]),
         shapes=_keyed_diff(expected.get("shapes", {}), obtained["shapes"]),
         figures=figures,
+        left_whole=_keyed_diff(expected.get("left_whole", {}), obtained.get("left_whole", {})),
     )
 
 
@@ -171,6 +176,9 @@ def render_diff(diff: GoldenDiff, expected: dict[str, Any], now: dict[str, str],
     elif diff.shapes:
         lines.append(f"tensor shapes that changed ({len(diff.shapes)}), golden => obtained:")
         lines += _capped([f"  {k}: {e} => {o}" for k, e, o in diff.shapes], cap)
+    if diff.left_whole:
+        lines.append(f"groups left whole that changed ({len(diff.left_whole)}), golden => obtained:")
+        lines += _capped([f"  {k}: {e or 'pruned'} => {o or 'pruned'}" for k, e, o in diff.left_whole], cap)
     if diff.figures:
         lines.append(f"  {'figure':<18} {'obtained':>16} {'expected':>16}   diff")
         lines += [_number_row(k, e, o) for k, e, o in diff.figures]

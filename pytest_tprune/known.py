@@ -14,21 +14,20 @@ HANG_LIMIT_S = 10.0
 """Time limit for a known hang: long enough to finish if an upgrade fixes it."""
 
 _RAW_FAILURES: dict[str, object] = {
-    "test_maxvit": {
-        "*": "hang: torch-pruning's DependencyGraph._fix_dependency_graph_non_recursive (graph.py:236) "
-        "loops while MetaPruner builds its groups (get_all_groups), memory growing by GBs"
-    },
-    "test_coatnet": {
-        "*": "hang: torch-pruning's DependencyGraph._fix_dependency_graph_non_recursive (graph.py:236) "
-        "loops while MetaPruner builds its groups (get_all_groups), memory growing by GBs"
-    },
     "test_mambaout": {
-        "*": "RuntimeError: index 27 is out of bounds for dimension 0 with size 24 in torch-pruning's "
-        "importance _reduce (importance.py:155): the gated MLP's split channels are grouped inconsistently"
+        "*": "forward failure after pruning: torch-pruning's importance indexes the gated MLP's split channels "
+        "past their width (importance.py:155, index 27 of 24), so those groups are left whole, and the "
+        "block's fixed split sizes no longer match its pruned input",
+        # The configs where the groups left whole do not feed the fixed split pass every check.
+        "r0.30-global": None,
+        "r0.50-global": None,
+        "r0.50-local": None,
     },
     "test_vit_relpos": {
-        "*": "IndexError: index 48 is out of bounds for dimension 0 with size 3 in torch-pruning's "
-        "importance (importance.py:202): the relative-position bias table is coupled to the head dim"
+        "*": "forward failure after pruning: the relative-position bias table is coupled to the head dim, "
+        "so torch-pruning's importance indexes it past its 3 heads (importance.py:202) and the attention "
+        "groups are left whole while the embedding is pruned",
+        "r0.30-global": None,
     },
     "test_efficientnet_evos": {
         "*": "AssertionError 'expected 4D input' in timm EvoNorm2dS0 (evo_norm.py) after pruning: "

@@ -61,3 +61,27 @@ def scaled_std_conv_pruner() -> Any:
             return layer
 
     return ScaledStdConvPruner()
+
+
+@register_pruner("timm.models.metaformer.GroupNorm1NoBias")
+def bias_free_group_norm_pruner() -> Any:
+    """GroupNormPruner for a GroupNorm whose ``bias`` is None (MetaFormer v2's ``GroupNorm1NoBias``).
+
+    The stock pruner prunes ``bias`` unconditionally and fails on None; this one
+    prunes ``weight`` and the channel count and leaves the absent bias absent.
+    """
+    import torch_pruning as tp
+
+    class BiasFreeGroupNormPruner(tp.pruner.function.GroupNormPruner):
+        def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
+            removed = {int(i) for i in idxs}
+            channels = int(layer.num_channels)  # type: ignore[arg-type]
+            keep = [i for i in range(channels) if i not in removed]
+            layer.num_channels = len(keep)  # type: ignore[assignment]
+            if layer.affine:
+                layer.weight = self._prune_parameter_and_grad(layer.weight, keep, 0)
+            return layer
+
+        prune_in_channels = prune_out_channels
+
+    return BiasFreeGroupNormPruner()

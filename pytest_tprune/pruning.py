@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_tprune.config import DEFAULT_SEED, PruneConfig
 from pytest_tprune.errors import PruneStepError, UsageError
+from pytest_tprune.left_whole import LeftWhole
 from pytest_tprune.measure import failing_module, forward_with_flops, output_tensor, tp_counts
 from pytest_tprune.models import ModelSpec, build_model, check_adapters
 
@@ -62,6 +63,8 @@ class PruneOutcome:
     ignored: list[str]
     heads: dict[str, int]
     groups: list[GroupRecord]
+    left_whole: list[LeftWhole]
+    """Groups torch-pruning could not prune consistently, left unpruned (see :mod:`pytest_tprune.left_whole`)."""
     adapted: list[str]
     warnings: list[str]
     timings: dict[str, float]
@@ -248,13 +251,22 @@ def _where(exc: BaseException) -> str | None:
     return f"{path}:{last.lineno} in {last.name}"
 
 
-def _fail(step: str, spec: ModelSpec, exc: BaseException, module: str | None = None) -> PruneStepError:
-    return PruneStepError(step, spec.name, exc, module=module or _where(exc))
+def _fail(
+    step: str, spec: ModelSpec, exc: BaseException, module: str | None = None, note: str | None = None
+) -> PruneStepError:
+    return PruneStepError(step, spec.name, exc, module=module or _where(exc), note=note)
+
+
+def _left_whole_note(left_whole: list[LeftWhole]) -> str | None:
+    """A forward that breaks after groups were left whole most often ties their width to a pruned one."""
+    if not left_whole:
+        return None
+    first = left_whole[0]
+    return f"after leaving {len(left_whole)} group(s) whole, first {first.root}: {first.reason}"
 
 
 def make_pruner(model: nn.Module, inputs: torch.Tensor, spec: ModelSpec, config: PruneConfig, seed: int) -> Any:
     """A MetaPruner with fresh dicts: torch-pruning mutates its mutable defaults."""
-    import torch_pruning as tp
 
     ignored = spec.ignored_layers(model) if spec.ignored_layers else classifier_layers(model)
     heads = dict(spec.num_heads(model)) if spec.num_heads else attention_heads(model)
@@ -264,7 +276,9 @@ def make_pruner(model: nn.Module, inputs: torch.Tensor, spec: ModelSpec, config:
     pruners = builtin_pruners(model)
     if spec.customized_pruners:
         pruners.update(spec.customized_pruners(model))
-    return tp.pruner.MetaPruner(
+    from pytest_tprune.left_whole import guarded_pruner
+
+    return guarded_pruner()(
         model,
         inputs,
         importance=make_importance(config.importance, seed),
@@ -386,6 +400,7 @@ def prune(
                 groups = run_pruner(pruner, config.iterative_steps, seed)
             except Exception as exc:
                 raise _fail("prune", spec, exc) from exc
+        left_whole = list(pruner.left_whole)
         del pruner
         with clock.step("adapt"):
             try:
@@ -397,7 +412,7 @@ def prune(
                 pruned_output, flop_after = forward_with_flops(model, inputs)
                 macs_after, params_after = tp_counts(model, inputs)
             except Exception as exc:
-                raise _fail("forward", spec, exc, failing_module(model, inputs)) from exc
+                raise _fail("forward", spec, exc, failing_module(model, inputs), _left_whole_note(left_whole)) from exc
     outcome = PruneOutcome(
         model=spec.name,
         config=config.to_dict(),
@@ -418,6 +433,7 @@ def prune(
         ignored=ignored,
         heads=heads,
         groups=groups,
+        left_whole=left_whole,
         adapted=adapted,
         warnings=_unique_messages(caught),
         timings={k: round(v, 4) for k, v in clock.timings.items()},

@@ -1,0 +1,266 @@
+"""Leave whole the dependency groups torch-pruning cannot prune consistently.
+
+torch-pruning couples every tensor a channel flows through into one group, and
+maps the channel indices through each concat, split and reshape on the way.
+Where that mapping is wrong (indices past a coupled tensor's width, a width
+that does not divide into the group's heads or channel groups), the stock
+pruner raises while ranking the group and the whole model is lost, although
+every other group in it prunes correctly.
+
+:func:`guarded_pruner` returns a ``MetaPruner`` subclass that checks each group
+before it is ranked and leaves the broken ones whole, recording which and why.
+The same goes for groups whose index propagation raises or never ends: torch-pruning
+walks the graph until every coupled tensor has been reached with indices it
+has already seen, and a mapping cycle that yields new indices on every turn
+(offsets that keep growing) makes that walk run forever, growing memory by
+gigabytes. :func:`bound_traversal` caps the walk at a multiple of the graph's
+size; a group that hits the cap is left whole like the others.
+
+Nothing of a group left whole is touched, so what is pruned is still checked by
+every check: the shape rule and the reduction band look at pruned groups only,
+and the goldens record the unpruned widths, so an upgrade that fixes the
+mapping changes the goldens and is reviewed, not silently absorbed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+
+@dataclass(frozen=True)
+class LeftWhole:
+    """A group torch-pruning could not prune consistently, and why."""
+
+    root: str
+    direction: str  # "out" or "in"
+    channels: int
+    reason: str
+
+    def describe(self) -> str:
+        return f"{self.root} ({self.direction}-channels {self.channels}): {self.reason}"
+
+
+def _item_width(graph: Any, dep: Any) -> int | None:
+    """Width of the dimension ``dep`` prunes on its target, when torch-pruning knows it."""
+    target = dep.target.module
+    try:
+        width = graph.get_out_channels(target) if graph.is_out_channel_pruning_fn(dep.handler) else None
+        if width is None and graph.is_in_channel_pruning_fn(dep.handler):
+            width = graph.get_in_channels(target)
+    except Exception:
+        return None
+    return int(width) if isinstance(width, int) else None
+
+
+def _name_of(graph: Any, target: Any) -> str:
+    """A member's dotted name; unwrapped parameters by their parameter name.
+
+    torch-pruning names unwrapped parameters ``UnwrappedParameter_N`` in an
+    order that changes from run to run, so those names cannot go in a golden.
+    """
+    param_names = getattr(graph, "_param_to_name", {})
+    for key, name in param_names.items():
+        if key is target:
+            return f"{name} (parameter)"
+    return str(graph._module2name.get(target, type(target).__name__))
+
+
+def index_overrun(graph: Any, group: Any) -> str | None:
+    """The first member whose mapped indices run past its own width, described."""
+    for dep, idxs in group:
+        width = _item_width(graph, dep)
+        if width is None or not idxs:
+            continue
+        top = max(int(i) for i in idxs)
+        if top >= width:
+            return f"index {top} mapped onto {_name_of(graph, dep.target.module)}, which has {width} channels"
+    return None
+
+
+def _root_of(graph: Any, group: Any) -> tuple[str, str, int]:
+    dep = group[0].dep
+    is_out = graph.is_out_channel_pruning_fn(dep.handler)
+    width = graph.get_out_channels(dep.target.module) if is_out else graph.get_in_channels(dep.target.module)
+    return _name_of(graph, dep.target.module), "out" if is_out else "in", int(width or 0)
+
+
+TRAVERSAL_FACTOR = 1
+"""A group's walk may follow each dependency edge this many times on average
+before it is judged cyclic; a sound walk follows each edge once per distinct
+index set reaching it, a handful at most."""
+
+
+class TraversalCycle(Exception):
+    """Raised inside torch-pruning's group walk once it passes its step budget."""
+
+
+class _CountingMappings(list[Any]):
+    """A dependency's ``index_mapping`` list that charges each walk step to its graph.
+
+    torch-pruning reads the list once per edge it follows and assigns its
+    entries in place whenever it refreshes the mappings, so charging on reads
+    bounds the walk without changing what it computes. A step costs the
+    indices it maps, in units of the root's width, so a cycle that also grows
+    its index lists runs out of budget as fast as it grows.
+    """
+
+    def __init__(self, items: list[Any], graph: Any, dep: Any) -> None:
+        super().__init__(items)
+        self._graph = graph
+        self._dep = dep
+
+    def __iter__(self) -> Any:
+        graph = self._graph
+        if graph.tprune_walk_budget is None:
+            return super().__iter__()
+        graph.tprune_walk_reached.append(self._dep)
+        return (None if m is None else _charged(m, graph) for m in list.__iter__(self))
+
+
+def _charged(mapping: Any, graph: Any) -> Any:
+    def charge(idxs: Any) -> Any:
+        graph.tprune_walk_steps += max(1.0, len(idxs) / graph.tprune_root_width)
+        if graph.tprune_walk_steps > graph.tprune_walk_budget:
+            raise TraversalCycle(
+                f"index propagation passed {graph.tprune_walk_budget} steps without closing (a mapping cycle)"
+            )
+        return mapping(idxs)
+
+    return charge
+
+
+def bound_traversal(graph: Any) -> None:
+    """Make ``graph.get_pruning_group`` give up, not loop, on a mapping cycle.
+
+    The graph's own class is swapped for a subclass whose ``get_pruning_group``
+    resets a step counter, and every edge's mapping list counts the steps. A
+    cyclic group comes back as the root alone, marked, so the pruner leaves it
+    whole; the graph of every other model behaves exactly as before.
+    """
+    edges = [dep for node in graph.module2node.values() for dep in node.dependencies]
+    for dep in edges:
+        dep.index_mapping = _CountingMappings(list(dep.index_mapping), graph, dep)
+    graph.tprune_walk_steps = 0.0
+    graph.tprune_root_width = 1
+    graph.tprune_walk_reached = []
+    graph.tprune_cyclic = {}
+    graph.tprune_walk_budget = TRAVERSAL_FACTOR * len(edges) + 64
+    graph.__class__ = _bounded_graph_class(graph.__class__)
+
+
+@cache
+def _bounded_graph_class(base: Any) -> type:
+    class BoundedGraph(base):
+        tprune_walk_reached: list[Any]
+        tprune_cyclic: dict[Any, str]
+        tprune_walk_steps: float
+        tprune_root_width: int
+        tprune_walk_budget: int | None
+
+        def get_pruning_group(self, module: Any, pruning_fn: Any, idxs: Any) -> Any:
+            """torch-pruning's group, or the marked root when the walk cycles.
+
+            Every layer whose output channels a cyclic walk reached is coupled
+            to the same cycle, so its own walk is not retried, and a walk that
+            closes (the order of the walk decides whether it does) but touches
+            such a layer is left whole with the cycle. The pruner's first
+            enumeration of the groups (in its constructor) finds every cycle
+            before anything is ranked.
+            """
+            known = self.tprune_cyclic.get(module) if self.is_out_channel_pruning_fn(pruning_fn) else None
+            if known is not None:
+                return _marked_root_group(self, module, pruning_fn, idxs, known)
+            self.tprune_walk_steps = 0.0
+            self.tprune_root_width = max(1, len(idxs) if hasattr(idxs, "__len__") else 1)
+            self.tprune_walk_reached = []
+            try:
+                group = super().get_pruning_group(module, pruning_fn, idxs)
+            except (TraversalCycle, IndexError, ZeroDivisionError) as exc:
+                reason = str(exc) if isinstance(exc, TraversalCycle) else f"index mapping raised {_one_line(exc)}"
+                for dep in self.tprune_walk_reached:
+                    if self.is_out_channel_pruning_fn(dep.handler):
+                        self.tprune_cyclic.setdefault(dep.target.module, reason)
+                return _marked_root_group(self, module, pruning_fn, idxs, reason)
+            finally:
+                self.tprune_walk_reached = []
+            for dep, _ in group:
+                cyclic = self.tprune_cyclic.get(dep.target.module)
+                if cyclic is not None and self.is_out_channel_pruning_fn(dep.handler):
+                    return _marked_root_group(self, module, pruning_fn, idxs, f"coupled to an abandoned walk: {cyclic}")
+            return group
+
+    BoundedGraph.__name__ = BoundedGraph.__qualname__ = f"Bounded{base.__name__}"
+    return BoundedGraph
+
+
+def _marked_root_group(graph: Any, module: Any, pruning_fn: Any, idxs: Any, reason: str) -> Any:
+    """The root alone, carrying the reason its walk was abandoned: the pruner leaves it whole."""
+    from torch_pruning._helpers import GroupItem
+    from torch_pruning.dependency.dependency import Dependency
+    from torch_pruning.dependency.group import Group
+
+    plain = [int(i) for i in idxs]
+    root = graph.module2node[module]
+    group = Group()
+    item = GroupItem(Dependency(pruning_fn, pruning_fn, source=root, target=root), plain)
+    item.root_idxs = list(plain)
+    group.items.append(item)
+    group._DG = graph
+    group.tprune_cycle = reason
+    return group
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:160]}" if text else type(exc).__name__
+
+
+@cache
+def guarded_pruner() -> type:
+    """``MetaPruner`` that ranks only the groups it can prune consistently.
+
+    Made on first use so that importing this module does not import
+    torch-pruning.
+    """
+    import torch_pruning as tp
+
+    class GuardedPruner(tp.pruner.MetaPruner):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self.left_whole: list[LeftWhole] = []
+            super().__init__(*args, **kwargs)
+
+        @property
+        def DG(self) -> Any:
+            return self._tprune_graph
+
+        @DG.setter
+        def DG(self, graph: Any) -> None:
+            bound_traversal(graph)
+            self._tprune_graph = graph
+
+        def estimate_importance(self, group: Any) -> Any:
+            """The stock importance, or None (torch-pruning then skips the group) with a record."""
+            problem = getattr(group, "tprune_cycle", None) or index_overrun(self.DG, group)
+            imp = None
+            if problem is None:
+                try:
+                    imp = super().estimate_importance(group)
+                except (IndexError, RuntimeError) as exc:
+                    problem = f"importance raised {_one_line(exc)}"
+            if imp is not None and problem is None:
+                channel_groups = int(self._get_channel_groups(group))
+                if channel_groups > 1 and len(imp) % channel_groups:
+                    problem = f"{len(imp)} channels do not divide into {channel_groups} channel groups"
+            if problem is None:
+                return imp
+            self._leave_whole(group, problem)
+            return None
+
+        def _leave_whole(self, group: Any, problem: str) -> None:
+            root, direction, channels = _root_of(self.DG, group)
+            if not any(r.root == root and r.direction == direction for r in self.left_whole):
+                self.left_whole.append(LeftWhole(root, direction, channels, problem))
+
+    return GuardedPruner
