@@ -50,6 +50,18 @@ SAVE_LOAD_FOUND: dict[str, str] = {
 }
 
 
+CRITERION_FOUND: dict[str, str] = {
+    "test_mambaout": "found by test_criterion_honoured (r0.01-local, perturbed): in the gated conv's groups a removed "
+    "channel outranks a kept one; torch-pruning maps the split channels' importance onto the wrong channels, the "
+    "mis-mapping that raises at other configs (known.py)",
+}
+
+TOO_SLOW: dict[str, str] = {
+    "test_maxvit": "torch-pruning takes about 10 s to trace and group it, per example: too slow for a property "
+    "budget of minutes; the grid (test_zoo.py::test_prune) checks its four configs with goldens",
+}
+
+
 PARTLY_FAILING = frozenset(
     name for name in MODELS if any(cause is None for cause in (known_failure(name) or {}).values())
 )
@@ -68,6 +80,8 @@ def _model_params(needs_forward: bool = False, found: dict[str, str] | None = No
             marks = [pytest.mark.skip(reason=f"known failure for most configs: {everywhere}")]
         elif found and name in found:
             marks = [pytest.mark.skip(reason=found[name])]
+        elif name in TOO_SLOW:
+            marks = [pytest.mark.skip(reason=TOO_SLOW[name])]
         else:
             marks = []
         params.append(pytest.param(name, marks=marks, id=name))
@@ -77,6 +91,7 @@ def _model_params(needs_forward: bool = False, found: dict[str, str] | None = No
 MODEL_PARAMS = _model_params()
 RUNNING_MODEL_PARAMS = _model_params(needs_forward=True)
 SAVE_LOAD_MODEL_PARAMS = _model_params(needs_forward=True, found=SAVE_LOAD_FOUND)
+CRITERION_MODEL_PARAMS = _model_params(found=CRITERION_FOUND)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -180,7 +195,7 @@ def test_round_to_and_shape_rule(model: str, config: PruneConfig) -> None:
     _expect_none(model, config, props.round_to_problems(_recorded(model, config)))
 
 
-@pytest.mark.parametrize("model", MODEL_PARAMS)
+@pytest.mark.parametrize("model", CRITERION_MODEL_PARAMS)
 @given(config=prune_configs(importances=props.DETERMINISTIC_IMPORTANCES))
 def test_criterion_honoured(model: str, config: PruneConfig) -> None:
     """In every pruned group, no removed channel outranks a kept one under the config's criterion."""
