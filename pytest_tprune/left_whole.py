@@ -60,10 +60,9 @@ def _name_of(graph: Any, target: Any) -> str:
     torch-pruning names unwrapped parameters ``UnwrappedParameter_N`` in an
     order that changes from run to run, so those names cannot go in a golden.
     """
-    param_names = getattr(graph, "_param_to_name", {})
-    for key, name in param_names.items():
-        if key is target:
-            return f"{name} (parameter)"
+    param = getattr(graph, "_param_to_name", {}).get(target)  # keys hash by identity
+    if param is not None:
+        return f"{param} (parameter)"
     return str(graph._module2name.get(target, type(target).__name__))
 
 
@@ -79,7 +78,8 @@ def index_overrun(graph: Any, group: Any) -> str | None:
     return None
 
 
-def _root_of(graph: Any, group: Any) -> tuple[str, str, int]:
+def group_root(graph: Any, group: Any) -> tuple[str, str, int]:
+    """The group's root: its name, the pruned direction (``out``/``in``) and that dimension's width now."""
     dep = group[0].dep
     is_out = graph.is_out_channel_pruning_fn(dep.handler)
     width = graph.get_out_channels(dep.target.module) if is_out else graph.get_in_channels(dep.target.module)
@@ -87,9 +87,9 @@ def _root_of(graph: Any, group: Any) -> tuple[str, str, int]:
 
 
 TRAVERSAL_FACTOR = 1
-"""A group's walk may follow each dependency edge this many times on average
-before it is judged cyclic; a sound walk follows each edge once per distinct
-index set reaching it, a handful at most."""
+"""A group's walk may take this many charged steps per dependency edge of the graph
+before it is judged cyclic. Measured on sound walks: at most 0.18 per edge
+(densenet121's concats), 0 to 0.05 for most models."""
 
 
 class TraversalCycle(Exception):
@@ -113,8 +113,6 @@ class _CountingMappings(list[Any]):
 
     def __iter__(self) -> Any:
         graph = self._graph
-        if graph.tprune_walk_budget is None:
-            return super().__iter__()
         graph.tprune_walk_reached.append(self._dep)
         return (None if m is None else _charged(m, graph) for m in list.__iter__(self))
 
@@ -157,7 +155,7 @@ def _bounded_graph_class(base: Any) -> type:
         tprune_cyclic: dict[Any, str]
         tprune_walk_steps: float
         tprune_root_width: int
-        tprune_walk_budget: int | None
+        tprune_walk_budget: int
 
         def get_pruning_group(self, module: Any, pruning_fn: Any, idxs: Any) -> Any:
             """torch-pruning's group, or the marked root when the walk cycles.
@@ -259,7 +257,7 @@ def guarded_pruner() -> type:
             return None
 
         def _leave_whole(self, group: Any, problem: str) -> None:
-            root, direction, channels = _root_of(self.DG, group)
+            root, direction, channels = group_root(self.DG, group)
             if not any(r.root == root and r.direction == direction for r in self.left_whole):
                 self.left_whole.append(LeftWhole(root, direction, channels, problem))
 

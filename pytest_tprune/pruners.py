@@ -45,6 +45,12 @@ def builtin_pruners(model: nn.Module) -> dict[type, Any]:
     return found
 
 
+def kept_indices(count: int, removed: Sequence[int]) -> list[int]:
+    """The indices of ``count`` channels that survive removing ``removed``, in order."""
+    gone = {int(i) for i in removed}
+    return [i for i in range(count) if i not in gone]
+
+
 @register_pruner("timm.layers.std_conv.ScaledStdConv2d", "timm.layers.std_conv.ScaledStdConv2dSame")
 def scaled_std_conv_pruner() -> Any:
     """ConvPruner that also prunes the per-output-channel ``gain`` (shape (out, 1, 1, 1))."""
@@ -54,8 +60,7 @@ def scaled_std_conv_pruner() -> Any:
     class ScaledStdConvPruner(tp.pruner.function.ConvPruner):
         def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
             gain: torch.Tensor = layer.gain  # type: ignore[assignment]
-            removed = {int(i) for i in idxs}
-            keep = [i for i in range(int(gain.shape[0])) if i not in removed]
+            keep = kept_indices(int(gain.shape[0]), idxs)
             layer = super().prune_out_channels(layer, idxs)
             layer.gain = torch.nn.Parameter(gain.data[keep], requires_grad=gain.requires_grad)
             return layer
@@ -74,9 +79,7 @@ def bias_free_group_norm_pruner() -> Any:
 
     class BiasFreeGroupNormPruner(tp.pruner.function.GroupNormPruner):
         def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
-            removed = {int(i) for i in idxs}
-            channels = int(layer.num_channels)  # type: ignore[arg-type]
-            keep = [i for i in range(channels) if i not in removed]
+            keep = kept_indices(int(layer.num_channels), idxs)  # type: ignore[arg-type]
             layer.num_channels = len(keep)  # type: ignore[assignment]
             if layer.affine:
                 layer.weight = self._prune_parameter_and_grad(layer.weight, keep, 0)

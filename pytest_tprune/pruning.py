@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_tprune.config import DEFAULT_SEED, PruneConfig
 from pytest_tprune.errors import PruneStepError, UsageError
-from pytest_tprune.left_whole import LeftWhole
+from pytest_tprune.left_whole import LeftWhole, group_root
 from pytest_tprune.measure import failing_module, forward_with_flops, output_tensor, tp_counts
 from pytest_tprune.models import ModelSpec, build_model, check_adapters
 
@@ -267,7 +267,6 @@ def _left_whole_note(left_whole: list[LeftWhole]) -> str | None:
 
 def make_pruner(model: nn.Module, inputs: torch.Tensor, spec: ModelSpec, config: PruneConfig, seed: int) -> Any:
     """A MetaPruner with fresh dicts: torch-pruning mutates its mutable defaults."""
-
     ignored = spec.ignored_layers(model) if spec.ignored_layers else classifier_layers(model)
     heads = dict(spec.num_heads(model)) if spec.num_heads else attention_heads(model)
     unwrapped = list(spec.unwrapped_parameters(model)) if spec.unwrapped_parameters else None
@@ -297,17 +296,15 @@ def make_pruner(model: nn.Module, inputs: torch.Tensor, spec: ModelSpec, config:
 
 
 def _record_group(pruner: Any, group: Any, step: int) -> GroupRecord:
-    dep = group[0].dep
     graph = pruner.DG
-    is_out = graph.is_out_channel_pruning_fn(dep.handler)
-    channels = graph.get_out_channels(dep.target.module) if is_out else graph.get_in_channels(dep.target.module)
+    root, direction, channels = group_root(graph, group)
     get_groups = getattr(pruner, "_get_channel_groups", None)
     names = graph._module2name
     members = sorted({names.get(d.target.module, "?") for d, _ in group})
     return GroupRecord(
-        root=names.get(dep.target.module, "?"),
-        direction="out" if is_out else "in",
-        channels=int(channels or 0),
+        root=root,
+        direction=direction,
+        channels=channels,
         channel_groups=int(get_groups(group)) if callable(get_groups) else 1,
         removed=len(group[0].idxs),
         members=members,
