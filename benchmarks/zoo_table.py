@@ -75,8 +75,9 @@ def render(cases: list[dict[str, Any]], environment: dict[str, Any], title: str)
         + ", ".join(f"{totals[k]} {k}" for k in ("passed", "xfailed", "failed", "skipped", "xpassed") if totals[k])
         + ". A known failure (`xfailed`) is strict: its cause is in `pytest_tprune/known.py`.",
         "",
-        "A pass may leave whole the groups torch-pruning cannot prune consistently (`pytest_tprune/left_whole.py`): "
-        "*left whole* counts them, as left whole / all groups, over the family's passing cases.",
+        "A pass may leave whole the groups torch-pruning cannot prune consistently, or whose pruning breaks a "
+        "module's forward (`pytest_tprune/left_whole.py`): *left whole* counts them, as left whole / all groups, "
+        "over the family's passing cases.",
         "",
         "| family | cases | passed | left whole | known failures (cause) | failed (cause) | skipped (reason) |",
         "|---|---:|---:|---:|---|---:|---|",

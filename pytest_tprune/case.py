@@ -270,10 +270,14 @@ class TpruneCase:
             start = time.perf_counter()
             pristine = STORE.pristine(self.spec, self.settings.seed)
             self.check_times["pristine"] = time.perf_counter() - start
-            model = copy.deepcopy(pristine.model)
             device = self.settings.device
             pruned = prune(
-                self.spec, self.config, device, self.settings.seed, model=model, baseline=pristine.baselines.get(device)
+                self.spec,
+                self.config,
+                device,
+                self.settings.seed,
+                model=lambda: copy.deepcopy(pristine.model),  # a retry after a broken forward takes another copy
+                baseline=pristine.baselines.get(device),
             )
             pristine.baselines[device] = pruned.baseline  # the next config of this model skips measuring it
             return pruned

@@ -167,7 +167,7 @@ def run_prune(args: argparse.Namespace) -> int:
     out = result.outcome
     if out.left_whole:
         print(
-            f"note: {len(out.left_whole)} group(s) left whole, which torch-pruning cannot prune consistently:",
+            f"note: {len(out.left_whole)} group(s) left whole, which could not be pruned consistently:",
             file=sys.stderr,
         )
         for record in out.left_whole:

@@ -13,34 +13,7 @@ import fnmatch
 HANG_LIMIT_S = 10.0
 """Time limit for a known hang: long enough to finish if an upgrade fixes it."""
 
-_RAW_FAILURES: dict[str, object] = {
-    "test_mambaout": {
-        "*": "forward failure after pruning: torch-pruning's importance indexes the gated MLP's split channels "
-        "past their width (importance.py:155, index 27 of 24), so those groups are left whole, and the "
-        "block's fixed split sizes no longer match its pruned input",
-        # The configs where the groups left whole do not feed the fixed split pass every check.
-        "r0.30-global": None,
-        "r0.50-global": None,
-        "r0.50-local": None,
-    },
-    "test_vit_relpos": {
-        "*": "forward failure after pruning: the relative-position bias table is coupled to the head dim, "
-        "so torch-pruning's importance indexes it past its 3 heads (importance.py:202) and the attention "
-        "groups are left whole while the embedding is pruned",
-        "r0.30-global": None,
-    },
-    "test_efficientnet_evos": {
-        "*": "AssertionError 'expected 4D input' in timm EvoNorm2dS0 (evo_norm.py) after pruning: "
-        "torch-pruning feeds the norm a tensor of the wrong rank once its 4D parameters are pruned"
-    },
-    "test_vit3": {
-        "*": "RuntimeError in AttentionPoolLatent.forward (attention_pool.py): it reshapes the attention "
-        "output to the input width C, assuming num_heads * head_dim == C; pruning rounds the head dim per "
-        "head and the embedding dim as a whole, so the two differ (66 vs 67 at r0.30, 93 vs 95 at r0.01)",
-        # 96 channels and 3 heads of 32: at 0.5 both sides keep 48, so uniform 0.5 passes.
-        "r0.50-local": None,
-    },
-}
+_RAW_FAILURES: dict[str, object] = {}
 """model pattern -> {config-id pattern: one-line root cause, or None where an exact config id is known
 to pass although a pattern covers it}; ``name@cfg`` keys are folded in below."""
 

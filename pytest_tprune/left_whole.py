@@ -16,6 +16,13 @@ has already seen, and a mapping cycle that yields new indices on every turn
 gigabytes. :func:`bound_traversal` caps the walk at a multiple of the graph's
 size; a group that hits the cap is left whole like the others.
 
+A third kind is found only by running the pruned model: a module that reads a
+width at run time (attention reshaping ``qkv`` by the embedding width, a norm
+sized at build time) breaks when one group it reads is pruned and a coupled
+one is left whole. :func:`coupled_modules` names the modules whose forward
+broke, and the engine prunes again leaving whole every group that touches them
+(:mod:`pytest_tprune.pruning`).
+
 Nothing of a group left whole is touched, so what is pruned is still checked by
 every check: the shape rule and the reduction band look at pruned groups only,
 and the goldens record the unpruned widths, so an upgrade that fixes the
@@ -24,9 +31,14 @@ mapping changes the goldens and is reviewed, not silently absorbed.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import cache
-from typing import Any
+from functools import cache, wraps
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 @dataclass(frozen=True)
@@ -40,6 +52,83 @@ class LeftWhole:
 
     def describe(self) -> str:
         return f"{self.root} ({self.direction}-channels {self.channels}): {self.reason}"
+
+
+@dataclass(frozen=True)
+class Culprit:
+    """Modules whose pruning broke the model (its forward, or the prune step itself):
+    groups touching them are left whole on the next try."""
+
+    modules: tuple[str, ...]
+    reason: str
+
+
+def coupled_modules(model: nn.Module, culprit: str, error: BaseException, earlier: Sequence[Culprit]) -> Culprit | None:
+    """What to leave whole after the forward of ``culprit`` broke, or None when nothing narrower than the model is left.
+
+    A timm module's forward (attention reshaping by a width, a gating split)
+    breaks the same way in every instance, so every module of its class is
+    taken at once: one retry, not one per block. A torch layer (a norm sized
+    at build time, a conv fed a wrongly pruned input) is taken alone. A module
+    that breaks again although its own groups were left whole was broken by a
+    producer torch-pruning did not couple to it, so its enclosing module is
+    taken instead.
+    """
+    modules = dict(model.named_modules())
+    taken = {name for broken in earlier for name in broken.modules}
+    covered = [scope for scope in _scopes(culprit) if scope in taken]
+    name = covered[-1].rpartition(".")[0] if covered else culprit
+    if not name or name not in modules:
+        return None
+    module = modules[name]
+    detail = _one_line(error)
+    if type(module).__module__.startswith("torch."):
+        return Culprit(
+            (name,), f"touches '{name}' ({type(module).__name__}), whose forward broke when pruned: {detail}"
+        )
+    kind = type(module)
+    names = tuple(n for n, m in modules.items() if type(m) is kind and n not in taken)
+    return Culprit(names, f"touches a {kind.__name__}, whose forward broke when pruned (in '{name}': {detail})")
+
+
+def failed_group(graph: Any, group: Any, error: BaseException) -> Culprit:
+    """The root of a group whose ``prune()`` raised: its groups are left whole on the next try.
+
+    torch-pruning has by then pruned part of the group, so the model cannot be
+    used further; the group is ranked, so its index mapping looked sound.
+    """
+    dep = group[0].dep
+    target = dep.target.module
+    name = getattr(graph, "_param_to_name", {}).get(target) or graph._module2name.get(target, "")
+    return Culprit((str(name),), f"pruning it raised {_one_line(error)}")
+
+
+def _scopes(name: str) -> list[str]:
+    """``a.b.c`` -> ``[a.b.c, a.b, a]``: a module and its enclosing modules, innermost first."""
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(len(parts), 0, -1)] if name else []
+
+
+def _member_names(graph: Any, group: Any) -> Iterable[str]:
+    """Dotted names of the modules and unwrapped parameters a group touches."""
+    params = getattr(graph, "_param_to_name", {})
+    for dep, _ in group:
+        target = dep.target.module
+        name = params.get(target) or graph._module2name.get(target)
+        if name is not None:
+            yield str(name)
+
+
+def touches_culprit(graph: Any, group: Any, broken: Sequence[Culprit]) -> str | None:
+    """The reason to leave ``group`` whole when it touches a module whose forward broke, else None."""
+    if not broken:
+        return None
+    owner = {name: b.reason for b in broken for name in b.modules}
+    for name in _member_names(graph, group):
+        for scope in _scopes(name):
+            if scope in owner:
+                return owner[scope]
+    return None
 
 
 def _item_width(graph: Any, dep: Any) -> int | None:
@@ -94,6 +183,84 @@ before it is judged cyclic. Measured on sound walks: at most 0.18 per edge
 
 class TraversalCycle(Exception):
     """Raised inside torch-pruning's group walk once it passes its step budget."""
+
+
+class UnmappableIndices(IndexError):
+    """Raised by a walk through an operation whose index mapping torch-pruning could not build."""
+
+
+class _Unmappable:
+    """Stands in for an index mapping torch-pruning failed to build: any walk through it raises."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def __call__(self, idxs: Any) -> Any:
+        raise UnmappableIndices(self.reason)
+
+
+_TOLERANT_DEPTH = [0]
+
+
+@contextmanager
+def tolerant_index_mappings() -> Iterator[None]:
+    """While active, an operation whose index mapping torch-pruning cannot build is marked, not fatal.
+
+    torch-pruning refreshes the mapping of every concat, split and reshape of
+    the graph before each group (``update_index_mapping``), and one operation
+    whose channel sizes it cannot infer raised there and lost the whole model
+    (``int + None`` on a concat's unknown input width, a reshape dividing by a
+    width of 0). Each per-operation update is wrapped for the duration: when it
+    raises, the edges through that operation get a mapping that raises when
+    walked, so the groups through it are left whole and the rest prune. The
+    updates are found by their ``update_*_index_mapping`` names, so one that a
+    torch-pruning upgrade adds is covered too; outside this context
+    torch-pruning is untouched.
+    """
+    from torch_pruning.dependency import index_mapping as module
+
+    if _TOLERANT_DEPTH[0]:
+        yield
+        return
+    originals = {
+        name: fn
+        for name, fn in vars(module).items()
+        if name.startswith("update_") and name.endswith("_index_mapping") and name != "update_index_mapping"
+    }
+    for name, fn in originals.items():
+        setattr(module, name, _tolerant(fn))
+    _TOLERANT_DEPTH[0] += 1
+    try:
+        yield
+    finally:
+        _TOLERANT_DEPTH[0] -= 1
+        for name, fn in originals.items():
+            setattr(module, name, fn)
+
+
+def _tolerant(update: Callable[[Any, Any], None]) -> Callable[[Any, Any], None]:
+    @wraps(update)
+    def guarded(graph: Any, node: Any) -> None:
+        try:
+            update(graph, node)
+        except (TypeError, ValueError, ArithmeticError, IndexError, AttributeError) as exc:
+            kind = getattr(getattr(node, "type", None), "name", "operation").lower()
+            _mark_unmappable(
+                node, f"torch-pruning could not build the index mapping through a {kind}: {_one_line(exc)}"
+            )
+
+    return guarded
+
+
+def _mark_unmappable(node: Any, reason: str) -> None:
+    """Every edge into and out of ``node`` maps indices by raising ``reason``."""
+    broken = _Unmappable(reason)
+    edges = list(node.dependencies)
+    for other in [*node.inputs, *node.outputs]:
+        edges += [dep for dep in other.dependencies if dep.target is node]
+    for dep in edges:
+        for slot in range(len(dep.index_mapping)):
+            dep.index_mapping[slot] = broken
 
 
 class _CountingMappings(list[Any]):
@@ -174,9 +341,11 @@ def _bounded_graph_class(base: Any) -> type:
             self.tprune_root_width = max(1, len(idxs) if hasattr(idxs, "__len__") else 1)
             self.tprune_walk_reached = []
             try:
-                group = super().get_pruning_group(module, pruning_fn, idxs)
+                with tolerant_index_mappings():
+                    group = super().get_pruning_group(module, pruning_fn, idxs)
             except (TraversalCycle, IndexError, ZeroDivisionError) as exc:
-                reason = str(exc) if isinstance(exc, TraversalCycle) else f"index mapping raised {_one_line(exc)}"
+                explained = isinstance(exc, (TraversalCycle, UnmappableIndices))
+                reason = str(exc) if explained else f"index mapping raised {_one_line(exc)}"
                 for dep in self.tprune_walk_reached:
                     if self.is_out_channel_pruning_fn(dep.handler):
                         self.tprune_cyclic.setdefault(dep.target.module, reason)
@@ -225,9 +394,11 @@ def guarded_pruner() -> type:
     import torch_pruning as tp
 
     class GuardedPruner(tp.pruner.MetaPruner):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
+        def __init__(self, *args: Any, culprits: Sequence[Culprit] = (), **kwargs: Any) -> None:
             self.left_whole: list[LeftWhole] = []
-            super().__init__(*args, **kwargs)
+            self.culprits = tuple(culprits)
+            with tolerant_index_mappings():  # the graph is built, and its mappings first made, in here
+                super().__init__(*args, **kwargs)
 
         @property
         def DG(self) -> Any:
@@ -240,7 +411,11 @@ def guarded_pruner() -> type:
 
         def estimate_importance(self, group: Any) -> Any:
             """The stock importance, or None (torch-pruning then skips the group) with a record."""
-            problem = getattr(group, "tprune_cycle", None) or index_overrun(self.DG, group)
+            problem = (
+                getattr(group, "tprune_cycle", None)
+                or index_overrun(self.DG, group)
+                or touches_culprit(self.DG, group, self.culprits)
+            )
             imp = None
             if problem is None:
                 try:

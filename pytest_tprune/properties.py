@@ -64,6 +64,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from pytest_tprune.left_whole import Culprit, LeftWhole
     from pytest_tprune.pruning import PruneOutcome
 
 DETERMINISTIC_IMPORTANCES = ("l2", "l1", "lamp", "fpgm")
@@ -199,6 +200,12 @@ class RecordedPrune:
     adapted: list[str]
     warnings: list[str] = field(default_factory=list)  # what torch-pruning warned about, once each
     refused: list[RefusedGroup] = field(default_factory=list)  # groups torch-pruning would have emptied
+    left_whole: list[LeftWhole] = field(default_factory=list)  # groups the engine left whole, and why
+
+    def newly_whole(self, other: RecordedPrune) -> list[str]:
+        """Groups this prune left whole that ``other`` (say, at a smaller ratio) pruned."""
+        theirs = {(lw.root, lw.direction) for lw in other.left_whole}
+        return [lw.describe() for lw in self.left_whole if (lw.root, lw.direction) not in theirs]
 
 
 @dataclass
@@ -330,18 +337,22 @@ def _reduce(importance: torch.Tensor, channel_groups: int) -> torch.Tensor:
 
 def record_prune(
     spec: ModelSpec,
-    model: nn.Module,
+    model: nn.Module | Callable[[], nn.Module],
     inputs: torch.Tensor,
     config: PruneConfig,
     seed: int,
     select: Callable[[GroupTrace], bool] | None = None,
 ) -> RecordedPrune:
-    """Prune ``model`` in place exactly as the engine does, recording every group.
+    """Prune ``model`` exactly as the engine does, recording every group.
 
     Built with :func:`pytest_tprune.pruning.make_pruner` and driven by
     ``pruner.step(interactive=True)`` under the engine's seeded RNG, then the
-    engine's adapters: with ``select`` left out the result is bit-identical to
-    :func:`pytest_tprune.pruning.prune` (the determinism property checks it).
+    engine's adapters, and pruned again from a fresh copy when that breaks the
+    model, as the engine does (:func:`pytest_tprune.pruning.until_sound`):
+    ``model`` is pruned in place first, then copies of it (taken now), or it is
+    a function returning fresh copies. With ``select`` left out the result is
+    bit-identical to :func:`pytest_tprune.pruning.prune` (the determinism
+    property checks it).
     ``select`` prunes only the groups it accepts (the others are recorded in
     ``skipped``), which is how single groups are checked in isolation.
 
@@ -350,10 +361,49 @@ def record_prune(
     later groups are ranked on the model before earlier ones were pruned, and
     ranking them again at yield time would see a different model.
     """
+    from pytest_tprune.pruning import until_sound
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        recorded = _record_prune(spec, model, inputs, config, seed, select)
+        recorded = until_sound(
+            _supply(model),
+            lambda pristine, culprits: _record_sound_prune(spec, pristine, inputs, config, seed, select, culprits),
+        )
     recorded.warnings = list(dict.fromkeys(str(w.message).splitlines()[0] for w in caught if str(w.message)))
+    return recorded
+
+
+def _supply(model: nn.Module | Callable[[], nn.Module]) -> Callable[[], nn.Module]:
+    """The given model first, then fresh copies for the engine's retries (of a snapshot taken now, for a model)."""
+    from torch import nn
+
+    if not isinstance(model, nn.Module):
+        return model
+    first, snapshot = [model], copy.deepcopy(model)
+    return lambda: first.pop() if first else copy.deepcopy(snapshot)
+
+
+def _record_sound_prune(
+    spec: ModelSpec,
+    model: nn.Module,
+    inputs: torch.Tensor,
+    config: PruneConfig,
+    seed: int,
+    select: Callable[[GroupTrace], bool] | None,
+    culprits: Sequence[Culprit],
+) -> RecordedPrune:
+    """One recorded prune, run forward as the engine's counting pass does: a break is a retry for
+    :func:`pytest_tprune.pruning.until_sound`, as it is in the engine."""
+    import torch
+
+    from pytest_tprune.pruning import forward_broke
+
+    recorded = _record_prune(spec, model, inputs, config, seed, select, culprits)
+    try:
+        with torch.no_grad():
+            recorded.model(inputs)
+    except Exception as exc:
+        raise forward_broke(recorded.model, inputs, exc, culprits) from exc
     return recorded
 
 
@@ -364,13 +414,14 @@ def _record_prune(
     config: PruneConfig,
     seed: int,
     select: Callable[[GroupTrace], bool] | None,
+    culprits: Sequence[Culprit] = (),
 ) -> RecordedPrune:
     import torch
 
     from pytest_tprune import pruning
     from pytest_tprune.adapters import apply_adapters, type_key
 
-    pruner = pruning.make_pruner(model, inputs, spec, config, seed)
+    pruner = pruning.make_pruner(model, inputs, spec, config, seed, culprits)
     graph = pruner.DG
     criterion = reference_importance(config.importance)
     ranked: dict[tuple[int, bool], tuple[torch.Tensor, int]] = {}
@@ -427,13 +478,13 @@ def _record_prune(
                     skipped.append(trace)
                     continue
                 _map_to_original(trace, graph, group, alive)
-                group.prune()
+                pruning.prune_group(pruner, group)
                 pruned.append(trace)
     pruner.estimate_importance = estimate  # break the cycles through the wrappers
     graph.check_pruning_group = check
     extra = {type_key(cls): fn for cls, fn in spec.adapters.items()}
     adapted = apply_adapters(model, extra)
-    return RecordedPrune(model, config, pruned, skipped, adapted, refused=refused)
+    return RecordedPrune(model, config, pruned, skipped, adapted, refused=refused, left_whole=list(pruner.left_whole))
 
 
 def _trace_group(
@@ -917,7 +968,7 @@ def equivalence_report(
     excluded: dict[tuple[str, str], str] = {}
 
     def prune_where(select: Callable[[GroupTrace], bool]) -> RecordedPrune:
-        return record_prune(spec, copy.deepcopy(base), trace_inputs, config, seed, select=select)
+        return record_prune(spec, lambda: copy.deepcopy(base), trace_inputs, config, seed, select=select)
 
     def error_of(recorded: RecordedPrune) -> float:
         return _soft_error(recorded.model, soft_prune(base, recorded.groups), batch)

@@ -8,17 +8,18 @@ where one can be found, instead of surfacing a traceback from deep in torch.
 
 from __future__ import annotations
 
+import copy
 import time
 import traceback
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pytest_tprune.config import DEFAULT_SEED, PruneConfig
 from pytest_tprune.errors import PruneStepError, UsageError
-from pytest_tprune.left_whole import LeftWhole, group_root
+from pytest_tprune.left_whole import Culprit, LeftWhole, coupled_modules, failed_group, group_root
 from pytest_tprune.measure import failing_module, forward_with_flops, output_tensor, tp_counts
 from pytest_tprune.models import ModelSpec, build_model, check_adapters
 
@@ -265,7 +266,14 @@ def _left_whole_note(left_whole: list[LeftWhole]) -> str | None:
     return f"after leaving {len(left_whole)} group(s) whole, first {first.root}: {first.reason}"
 
 
-def make_pruner(model: nn.Module, inputs: torch.Tensor, spec: ModelSpec, config: PruneConfig, seed: int) -> Any:
+def make_pruner(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    spec: ModelSpec,
+    config: PruneConfig,
+    seed: int,
+    culprits: Sequence[Culprit] = (),
+) -> Any:
     """A MetaPruner with fresh dicts: torch-pruning mutates its mutable defaults."""
     ignored = spec.ignored_layers(model) if spec.ignored_layers else classifier_layers(model)
     heads = dict(spec.num_heads(model)) if spec.num_heads else attention_heads(model)
@@ -292,6 +300,7 @@ def make_pruner(model: nn.Module, inputs: torch.Tensor, spec: ModelSpec, config:
         out_channel_groups={},
         unwrapped_parameters=unwrapped,
         customized_pruners=pruners or None,
+        culprits=culprits,
     )
 
 
@@ -322,8 +331,59 @@ def run_pruner(pruner: Any, steps: int, seed: int) -> list[GroupRecord]:
         for step in range(1, steps + 1):
             for group in pruner.step(interactive=True):
                 records.append(_record_group(pruner, group, step))
-                group.prune()
+                prune_group(pruner, group)
     return records
+
+
+class Broke(Exception):
+    """Pruning broke the model: the error, and what to leave whole on another try (None: nothing would help)."""
+
+    def __init__(self, error: BaseException, culprit: Culprit | None, module: str | None = None) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.culprit = culprit
+        self.module = module  # the innermost module a forward failed in, when known
+
+
+def prune_group(pruner: Any, group: Any) -> None:
+    """``group.prune()``; one that raises part-way names its root to leave whole on another try."""
+    try:
+        group.prune()
+    except Exception as exc:
+        raise Broke(exc, failed_group(pruner.DG, group, exc)) from exc
+
+
+def forward_broke(model: nn.Module, inputs: torch.Tensor, exc: BaseException, culprits: Sequence[Culprit]) -> Broke:
+    """The pruned ``model``'s forward raised ``exc``: the modules to leave whole on another try, if any."""
+    module = failing_module(model, inputs)
+    inside = module if module and module != "<root>" else None
+    return Broke(exc, coupled_modules(model, inside, exc, culprits) if inside else None, module)
+
+
+T = TypeVar("T")
+
+
+def until_sound(models: Callable[[], nn.Module], attempt: Callable[[nn.Module, Sequence[Culprit]], T]) -> T:
+    """Prune a model from ``models`` with ``attempt`` until it does not break, or nothing more would help.
+
+    Each :class:`Broke` adds its culprit (leave whole what touches it) and the
+    next attempt starts from a fresh model; the engine and the property
+    suite's recorder share this, so they leave whole the same groups. Gives
+    up, raising the last error, when the culprit is already covered or after
+    ``MAX_RETRIES``.
+    """
+    culprits: list[Culprit] = []
+    while True:
+        model = models()
+        try:
+            return attempt(model, tuple(culprits))
+        except Broke as failure:
+            more = failure.culprit
+            covered = more is None or any(set(more.modules) <= set(c.modules) for c in culprits)
+            if covered or len(culprits) >= MAX_RETRIES:
+                raise failure.error from failure.__cause__
+            culprits.append(more)  # type: ignore[arg-type]
+        del model
 
 
 def measure_baseline(spec: ModelSpec, model: nn.Module, inputs: torch.Tensor, seed: int) -> Baseline:
@@ -345,98 +405,182 @@ def measure_baseline(spec: ModelSpec, model: nn.Module, inputs: torch.Tensor, se
     )
 
 
+MAX_RETRIES = 8
+"""Times a model may be pruned again after pruning broke it (each time leaving more whole)."""
+
+ModelSource = Callable[[], "nn.Module"]
+
+
 def prune(
     spec: ModelSpec,
     config: PruneConfig,
     device: str = "auto",
     seed: int = DEFAULT_SEED,
-    model: nn.Module | None = None,
+    model: nn.Module | ModelSource | None = None,
     baseline: Baseline | None = None,
 ) -> Pruned:
     """Prune one model with one config and measure it.
 
-    ``model`` lets a caller pass a pristine copy it built earlier (it is pruned
-    in place); otherwise the model is built from ``spec`` with ``seed``.
-    ``baseline`` is the unpruned model's measurement from an earlier case of
-    the same model, seed and device (``Pruned.baseline``); it is measured
-    when absent or when its key does not match.
+    ``model`` is the pristine model to prune (in place), or a function that
+    returns a fresh pristine copy each time it is called; without it the model
+    is built from ``spec`` with ``seed``. When the pruned model's forward
+    breaks, the model is pruned again from a fresh copy with the groups that
+    touch the modules that broke left whole (:func:`left_whole.coupled_modules`),
+    so a caller passing a model pays one copy of it, and a caller passing a
+    function none. ``baseline`` is the unpruned model's measurement from an
+    earlier case of the same model, seed and device (``Pruned.baseline``); it
+    is measured when absent or when its key does not match.
     """
 
     target = resolve_device(device)
     clock = _Clock()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        fresh = _model_source(spec, seed, model)
         with clock.step("build"):
-            try:
-                if model is None:
-                    model = build_model(spec, seed)  # checks the spec: a ModelSpecError says what to fix
-                else:
-                    check_adapters(spec, model.eval())
-                inputs = spec.make_inputs(1, seed)
-            except PruneStepError:
-                raise
-            except Exception as exc:
-                raise _fail("build", spec, exc) from exc
-            model = model.to(target)
-            inputs = inputs.to(target)
+            live, inputs = _first_model(spec, seed, fresh, model, target)
         if baseline is None or baseline.key != (spec.name, seed, str(inputs.device)):
             with clock.step("count"):
-                baseline = measure_baseline(spec, model, inputs, seed)
-        names = {m: n for n, m in model.named_modules()}
-        with clock.step("trace"):
-            try:
-                pruner = make_pruner(model, inputs, spec, config, seed)
-            except Exception as exc:
-                raise _fail("trace", spec, exc) from exc
-        ignored = sorted(
-            names[m] for m in pruner.ignored_layers if m in names and any(True for _ in m.parameters(recurse=False))
-        )
-        heads = {names[m]: n for m, n in pruner.num_heads.items() if m in names}
-        with clock.step("prune"):
-            try:
-                groups = run_pruner(pruner, config.iterative_steps, seed)
-            except Exception as exc:
-                raise _fail("prune", spec, exc) from exc
-        left_whole = list(pruner.left_whole)
-        del pruner
-        with clock.step("adapt"):
-            try:
-                adapted = _adapt(model, spec)
-            except Exception as exc:
-                raise _fail("adapt", spec, exc) from exc
-        with clock.step("count"):
-            try:
-                pruned_output, flop_after = forward_with_flops(model, inputs)
-                macs_after, params_after = tp_counts(model, inputs)
-            except Exception as exc:
-                raise _fail("forward", spec, exc, failing_module(model, inputs), _left_whole_note(left_whole)) from exc
+                baseline = measure_baseline(spec, live, inputs, seed)
+        first = [live]
+        del live  # a retry must not keep the broken first model alive
+
+        def next_model() -> nn.Module:
+            if first:
+                return first.pop()
+            with clock.step("build"):
+                return fresh().to(target)
+
+        before_pruning = len(caught)
+        attempt_starts = [before_pruning]
+
+        def prune_once(model: nn.Module, culprits: Sequence[Culprit]) -> _Attempt:
+            attempt_starts.append(len(caught))
+            return _prune_once(spec, config, seed, model, inputs, clock, culprits)
+
+        attempt = until_sound(next_model, prune_once)
+        live = attempt.model
+        # what building warned about, and what the attempt that stood did: not the broken tries
+        caught[before_pruning : attempt_starts[-1]] = []
     outcome = PruneOutcome(
         model=spec.name,
         config=config.to_dict(),
         device=target,
         input_size=list(inputs.shape[1:]),
         modules_before=baseline.modules,
-        modules_after=module_lines(model),
+        modules_after=module_lines(live),
         shapes_before=baseline.shapes,
-        shapes_after=tensor_shapes(model),
+        shapes_after=tensor_shapes(live),
         macs_before=baseline.macs,
-        macs_after=macs_after,
+        macs_after=attempt.macs,
         params_before=baseline.params,
-        params_after=params_after,
+        params_after=attempt.params,
         flop_macs_before=baseline.flop_macs,
-        flop_macs_after=flop_after,
+        flop_macs_after=attempt.flop_macs,
         output_shape_before=list(baseline.output.shape),
-        output_shape_after=[int(d) for d in output_tensor(pruned_output).shape],
-        ignored=ignored,
-        heads=heads,
-        groups=groups,
-        left_whole=left_whole,
-        adapted=adapted,
+        output_shape_after=[int(d) for d in attempt.output.shape],
+        ignored=attempt.ignored,
+        heads=attempt.heads,
+        groups=attempt.groups,
+        left_whole=attempt.left_whole,
+        adapted=attempt.adapted,
         warnings=_unique_messages(caught),
         timings={k: round(v, 4) for k, v in clock.timings.items()},
     )
-    output = output_tensor(pruned_output).detach()
-    return Pruned(model, inputs, outcome, baseline, output)
+    return Pruned(live, inputs, outcome, baseline, attempt.output)
+
+
+def _model_source(spec: ModelSpec, seed: int, model: nn.Module | ModelSource | None) -> ModelSource:
+    """Where fresh pristine copies come from: a rebuild, the caller's function, or a copy taken now."""
+    from torch import nn
+
+    if model is None:
+        return lambda: build_model(spec, seed)
+    if isinstance(model, nn.Module):
+        snapshot = copy.deepcopy(model)
+        return lambda: copy.deepcopy(snapshot)
+    return model
+
+
+def _first_model(
+    spec: ModelSpec, seed: int, fresh: ModelSource, given: nn.Module | ModelSource | None, target: str
+) -> tuple[nn.Module, torch.Tensor]:
+    """The model to prune first and the inputs, on ``target``; a caller's model is checked against its spec."""
+    from torch import nn
+
+    try:
+        model = given if isinstance(given, nn.Module) else fresh()  # build_model checks the spec itself
+        if given is not None:
+            check_adapters(spec, model.eval())
+        inputs = spec.make_inputs(1, seed)
+    except PruneStepError:
+        raise
+    except Exception as exc:
+        raise _fail("build", spec, exc) from exc
+    return model.to(target), inputs.to(target)
+
+
+@dataclass
+class _Attempt:
+    """What one prune of the model produced, when its forward ran."""
+
+    model: nn.Module
+    ignored: list[str]
+    heads: dict[str, int]
+    groups: list[GroupRecord]
+    left_whole: list[LeftWhole]
+    adapted: list[str]
+    output: torch.Tensor
+    flop_macs: int
+    macs: int
+    params: int
+
+
+def _prune_once(
+    spec: ModelSpec,
+    config: PruneConfig,
+    seed: int,
+    model: nn.Module,
+    inputs: torch.Tensor,
+    clock: _Clock,
+    culprits: Sequence[Culprit],
+) -> _Attempt:
+    """Trace, prune, adapt and measure ``model`` in place, leaving whole what touches ``culprits``."""
+    names = {m: n for n, m in model.named_modules()}
+    with clock.step("trace"):
+        try:
+            pruner = make_pruner(model, inputs, spec, config, seed, culprits)
+        except Exception as exc:
+            raise _fail("trace", spec, exc) from exc
+    ignored = sorted(
+        names[m] for m in pruner.ignored_layers if m in names and any(True for _ in m.parameters(recurse=False))
+    )
+    heads = {names[m]: n for m, n in pruner.num_heads.items() if m in names}
+    with clock.step("prune"):
+        try:
+            groups = run_pruner(pruner, config.iterative_steps, seed)
+        except Broke as failed:
+            raise Broke(_fail("prune", spec, failed.error), failed.culprit) from failed.error
+        except Exception as exc:
+            raise _fail("prune", spec, exc) from exc
+    left_whole = list(pruner.left_whole)
+    del pruner
+    with clock.step("adapt"):
+        try:
+            adapted = _adapt(model, spec)
+        except Exception as exc:
+            raise _fail("adapt", spec, exc) from exc
+    with clock.step("count"):
+        try:
+            output, flop_macs = forward_with_flops(model, inputs)
+            macs, params = tp_counts(model, inputs)
+        except Exception as exc:
+            broke = forward_broke(model, inputs, exc, culprits)
+            error = _fail("forward", spec, exc, broke.module, _left_whole_note(left_whole))
+            raise Broke(error, broke.culprit) from exc
+    return _Attempt(
+        model, ignored, heads, groups, left_whole, adapted, output_tensor(output).detach(), flop_macs, macs, params
+    )
 
 
 def _adapt(model: nn.Module, spec: ModelSpec) -> list[str]:

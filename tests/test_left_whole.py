@@ -1,9 +1,13 @@
 """Groups torch-pruning cannot prune consistently are left whole, not fatal.
 
-Two small models reproduce the two mechanisms seen across the timm zoo: a
-partial convolution over a channel split (FasterNet), whose index mapping
-runs past the convolution's width, and a residual added to a slice of a
-wider output (ReXNet), whose index propagation cycles without end.
+Small models reproduce the mechanisms seen across the timm zoo: a partial
+convolution over a channel split (FasterNet), whose index mapping runs past
+the convolution's width; a residual added to a slice of a wider output
+(ReXNet), whose index propagation cycles without end; a concat of a residual
+branch whose width torch-pruning cannot infer (CSPNet), which raised while
+the graph was built; a module reshaping by a width fixed at build time
+(attention in cait, hiera, twins ...), found only by running the pruned
+model; and a group whose prune step raises (Res2Net).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ torch = pytest.importorskip("torch")
 nn = torch.nn
 
 from pytest_tprune.config import PruneConfig  # noqa: E402
+from pytest_tprune.errors import PruneStepError  # noqa: E402
 from pytest_tprune.models import ModelSpec  # noqa: E402
 from pytest_tprune.pruning import prune  # noqa: E402
 
@@ -70,8 +75,98 @@ class _SliceResidualNet(nn.Module):
         return self.head(torch.relu(self.mid(self.blocks(self.stem(x)))).mean((2, 3)))
 
 
-def _spec(name: str, factory: type[nn.Module]) -> ModelSpec:
-    return ModelSpec(name, factory, (3, 16, 16), ignored_layers=lambda m: [m.head])
+class _CrossStage(nn.Module):
+    """CSPNet's stage: split an expanded stream, run blocks with a residual on one half, concat."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.expand = nn.Conv2d(16, 32, 1)
+        self.block1 = nn.Conv2d(16, 16, 1)
+        self.block2 = nn.Conv2d(16, 16, 3, padding=1)
+        self.transition = nn.Conv2d(32, 32, 1)
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.expand(torch.relu(self.stem(x)))
+        blocked, passed = x.split(x.shape[1] // 2, dim=1)
+        blocked = self.block2(torch.relu(self.block1(blocked))) + blocked  # the residual comes second, as in timm
+        return self.head(torch.relu(self.transition(torch.cat([blocked, passed], dim=1))).mean((2, 3)))
+
+
+class _FixedWidthMix(nn.Module):
+    """Reshapes its projection by the width it was built with, as attention reshapes ``qkv`` into heads."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, tokens, _ = x.shape
+        heads = self.proj(x).reshape(batch, tokens, 4, self.dim // 4)
+        return heads.softmax(-1).flatten(2)
+
+
+class _FixedWidthNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 4, stride=4)
+        self.embed = nn.Linear(16, 32)
+        self.mixers = nn.Sequential(_FixedWidthMix(32), _FixedWidthMix(32))
+        self.fc1 = nn.Linear(32, 64)
+        self.fc2 = nn.Linear(64, 32)
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = torch.relu(self.stem(x)).flatten(2).transpose(1, 2)
+        x = self.mixers(self.embed(tokens))
+        return self.head(self.fc2(torch.relu(self.fc1(x))).mean(1))
+
+
+class _Fragile(nn.Conv2d):
+    """A conv whose (custom) pruner raises, as torch-pruning's does on Res2Net's scale branches."""
+
+
+def _fragile_pruner() -> object:
+    import torch_pruning as tp
+
+    class Raising(tp.pruner.function.ConvPruner):
+        def prune_out_channels(self, layer: nn.Module, idxs: list[int]) -> nn.Module:
+            raise RuntimeError("INDICES element is out of DATA bounds")
+
+    return Raising()
+
+
+class _FragileNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.fragile = _Fragile(16, 32, 3, padding=1)
+        self.mid = nn.Conv2d(32, 32, 1)
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.mid(torch.relu(self.fragile(self.stem(x))))).mean((2, 3)))
+
+
+class _PickyNet(nn.Module):
+    """Checks its stream's width at run time: no group left whole can make that pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.stem(x)
+        if y.shape[1] != 16:
+            raise RuntimeError(f"expected 16 channels, got {y.shape[1]}")
+        return self.head(y.mean((2, 3)))
+
+
+def _spec(name: str, factory: type[nn.Module], **kwargs: object) -> ModelSpec:
+    return ModelSpec(name, factory, (3, 16, 16), ignored_layers=lambda m: [m.head], **kwargs)  # type: ignore[arg-type]
 
 
 def test_group_mapped_past_a_width_is_left_whole_and_the_rest_is_pruned() -> None:
@@ -104,3 +199,44 @@ def test_golden_lists_groups_left_whole_and_flags_one_that_becomes_pruned() -> N
     assert diff
     assert "stem (out): index" in render_diff(diff, golden, {"torch-pruning": "x"})
     assert "=> pruned" in render_diff(diff, golden, {"torch-pruning": "x"})
+
+
+def test_concat_of_a_width_torch_pruning_cannot_infer_is_left_whole_not_fatal() -> None:
+    result = prune(_spec("cross_stage", _CrossStage), PruneConfig(ratio=0.5), device="cpu")
+    out = result.outcome
+    reasons = {lw.root: lw.reason for lw in out.left_whole}
+    assert any("could not build the index mapping through a concat" in r for r in reasons.values()), reasons
+    assert out.shapes_after["stem.weight"][0] == 8  # the stem's group does not pass the concat: pruned
+    assert out.shapes_after["transition.weight"][1] == 32  # the concat's inputs keep their width
+    assert list(result.output.shape) == [1, 10]
+
+
+def test_module_reading_a_build_time_width_gets_its_groups_left_whole_on_a_second_try() -> None:
+    result = prune(_spec("fixed_width", _FixedWidthNet), PruneConfig(ratio=0.5), device="cpu")
+    out = result.outcome
+    touched = [lw for lw in out.left_whole if "touches a _FixedWidthMix, whose forward broke" in lw.reason]
+    assert touched, out.left_whole
+    assert "in 'mixers.0'" in touched[0].reason and "RuntimeError: shape" in touched[0].reason
+    assert out.shapes_after["mixers.1.proj.weight"] == [32, 32]  # every instance, not just the one that broke
+    assert out.shapes_after["fc1.weight"][0] == 32  # the hidden width is still halved
+    assert out.shapes_after["stem.weight"][0] == 8
+    assert list(result.output.shape) == [1, 10]
+
+
+def test_group_whose_prune_step_raises_is_left_whole_on_a_second_try() -> None:
+    spec = _spec("fragile", _FragileNet, customized_pruners=lambda m: {_Fragile: _fragile_pruner()})
+    result = prune(spec, PruneConfig(ratio=0.5), device="cpu")
+    out = result.outcome
+    assert {lw.root: lw.reason for lw in out.left_whole}["fragile"] == (
+        "pruning it raised RuntimeError: INDICES element is out of DATA bounds"
+    )
+    assert out.shapes_after["fragile.weight"][0] == 32
+    assert out.shapes_after["mid.weight"][0] == 16  # the group after it is pruned
+    assert list(result.output.shape) == [1, 10]
+
+
+def test_forward_that_no_group_left_whole_repairs_is_reported_with_its_module() -> None:
+    with pytest.raises(PruneStepError) as caught:
+        prune(_spec("picky", _PickyNet), PruneConfig(ratio=0.5), device="cpu")
+    assert caught.value.step == "forward"
+    assert "expected 16 channels, got 8" in str(caught.value)

@@ -41,7 +41,7 @@ def _one_thread_and_release_models() -> Iterator[None]:
 def _record(name: str, config: PruneConfig, perturbed: bool = True) -> props.RecordedPrune:
     spec, model = cache.pristine(name)
     source = cache.perturbed(name) if perturbed else model
-    return props.record_prune(spec, copy.deepcopy(source), spec.make_inputs(1, SEED), config, SEED)
+    return props.record_prune(spec, lambda: copy.deepcopy(source), spec.make_inputs(1, SEED), config, SEED)
 
 
 # -- strategies ----------------------------------------------------------------------------------------------------
@@ -129,9 +129,11 @@ def _patched_config(monkeypatch: pytest.MonkeyPatch, **changes: Any) -> None:
     """Make the engine prune with a different config than the one it was asked for."""
     original = pruning.make_pruner
 
-    def make_pruner(model: nn.Module, inputs: torch.Tensor, spec: ModelSpec, config: PruneConfig, seed: int) -> Any:
+    def make_pruner(
+        model: nn.Module, inputs: torch.Tensor, spec: ModelSpec, config: PruneConfig, seed: int, *rest: Any
+    ) -> Any:
         values = {k: v(config) if callable(v) else v for k, v in changes.items()}
-        return original(model, inputs, spec, replace(config, **values), seed)
+        return original(model, inputs, spec, replace(config, **values), seed, *rest)
 
     monkeypatch.setattr(pruning, "make_pruner", make_pruner)
 
@@ -320,7 +322,7 @@ def test_tp_load_reads_what_tp_save_wrote() -> None:
 def test_larger_ratio_keeps_no_more_in_total(model: str, config: PruneConfig, smaller: float) -> None:
     spec, unpruned = cache.pristine(model)
     outcomes = [
-        pruning.prune(spec, c, "cpu", SEED, model=copy.deepcopy(unpruned)).outcome
+        pruning.prune(spec, c, "cpu", SEED, model=lambda: copy.deepcopy(unpruned)).outcome
         for c in (replace(config, ratio=smaller), config)
     ]
     low, high = (props.SizeFigures.from_outcome(o) for o in outcomes)
