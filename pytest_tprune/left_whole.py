@@ -97,10 +97,7 @@ def failed_group(graph: Any, group: Any, error: BaseException) -> Culprit:
     torch-pruning has by then pruned part of the group, so the model cannot be
     used further; the group is ranked, so its index mapping looked sound.
     """
-    dep = group[0].dep
-    target = dep.target.module
-    name = getattr(graph, "_param_to_name", {}).get(target) or graph._module2name.get(target, "")
-    return Culprit((str(name),), f"pruning it raised {_one_line(error)}")
+    return Culprit((_dotted_name(graph, group[0].dep.target.module) or "",), f"pruning it raised {_one_line(error)}")
 
 
 def _scopes(name: str) -> list[str]:
@@ -111,16 +108,14 @@ def _scopes(name: str) -> list[str]:
 
 def _member_names(graph: Any, group: Any) -> Iterable[str]:
     """Dotted names of the modules and unwrapped parameters a group touches."""
-    params = getattr(graph, "_param_to_name", {})
     for dep, _ in group:
-        target = dep.target.module
-        name = params.get(target) or graph._module2name.get(target)
+        name = _dotted_name(graph, dep.target.module)
         if name is not None:
-            yield str(name)
+            yield name
 
 
 def touches_culprit(graph: Any, group: Any, broken: Sequence[Culprit]) -> str | None:
-    """The reason to leave ``group`` whole when it touches a module whose forward broke, else None."""
+    """The reason to leave ``group`` whole when it touches a culprit of an earlier try, else None."""
     if not broken:
         return None
     owner = {name: b.reason for b in broken for name in b.modules}
@@ -149,10 +144,16 @@ def _name_of(graph: Any, target: Any) -> str:
     torch-pruning names unwrapped parameters ``UnwrappedParameter_N`` in an
     order that changes from run to run, so those names cannot go in a golden.
     """
-    param = getattr(graph, "_param_to_name", {}).get(target)  # keys hash by identity
-    if param is not None:
-        return f"{param} (parameter)"
-    return str(graph._module2name.get(target, type(target).__name__))
+    name = _dotted_name(graph, target)
+    if name is None:
+        return type(target).__name__
+    return f"{name} (parameter)" if target in getattr(graph, "_param_to_name", {}) else name
+
+
+def _dotted_name(graph: Any, target: Any) -> str | None:
+    """The dotted name of a graph member: a module's, or an unwrapped parameter's (keys hash by identity)."""
+    name = getattr(graph, "_param_to_name", {}).get(target) or graph._module2name.get(target)
+    return None if name is None else str(name)
 
 
 def index_overrun(graph: Any, group: Any) -> str | None:
