@@ -379,10 +379,13 @@ def until_sound(models: Callable[[], nn.Module], attempt: Callable[[nn.Module, S
             return attempt(model, tuple(culprits))
         except Broke as failure:
             more = failure.culprit
-            covered = more is None or any(set(more.modules) <= set(c.modules) for c in culprits)
-            if covered or len(culprits) >= MAX_RETRIES:
+            if (
+                more is None
+                or len(culprits) >= MAX_RETRIES
+                or any(set(more.modules) <= set(c.modules) for c in culprits)
+            ):
                 raise failure.error from failure.__cause__
-            culprits.append(more)  # type: ignore[arg-type]
+            culprits.append(more)
         del model
 
 
