@@ -361,49 +361,18 @@ def record_prune(
     later groups are ranked on the model before earlier ones were pruned, and
     ranking them again at yield time would see a different model.
     """
-    from pytest_tprune.pruning import until_sound
+    from torch import nn
 
+    from pytest_tprune.pruning import first_then_fresh, fresh_copies, until_sound
+
+    fresh = fresh_copies(spec, seed, model)
+    models = first_then_fresh(model, fresh) if isinstance(model, nn.Module) else fresh
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         recorded = until_sound(
-            _supply(model),
-            lambda pristine, culprits: _record_sound_prune(spec, pristine, inputs, config, seed, select, culprits),
+            models, lambda pristine, culprits: _record_prune(spec, pristine, inputs, config, seed, select, culprits)
         )
     recorded.warnings = list(dict.fromkeys(str(w.message).splitlines()[0] for w in caught if str(w.message)))
-    return recorded
-
-
-def _supply(model: nn.Module | Callable[[], nn.Module]) -> Callable[[], nn.Module]:
-    """The given model first, then fresh copies for the engine's retries (of a snapshot taken now, for a model)."""
-    from torch import nn
-
-    if not isinstance(model, nn.Module):
-        return model
-    first, snapshot = [model], copy.deepcopy(model)
-    return lambda: first.pop() if first else copy.deepcopy(snapshot)
-
-
-def _record_sound_prune(
-    spec: ModelSpec,
-    model: nn.Module,
-    inputs: torch.Tensor,
-    config: PruneConfig,
-    seed: int,
-    select: Callable[[GroupTrace], bool] | None,
-    culprits: Sequence[Culprit],
-) -> RecordedPrune:
-    """One recorded prune, run forward as the engine's counting pass does: a break is a retry for
-    :func:`pytest_tprune.pruning.until_sound`, as it is in the engine."""
-    import torch
-
-    from pytest_tprune.pruning import forward_broke
-
-    recorded = _record_prune(spec, model, inputs, config, seed, select, culprits)
-    try:
-        with torch.no_grad():
-            recorded.model(inputs)
-    except Exception as exc:
-        raise forward_broke(recorded.model, inputs, exc, culprits) from exc
     return recorded
 
 
@@ -414,8 +383,10 @@ def _record_prune(
     config: PruneConfig,
     seed: int,
     select: Callable[[GroupTrace], bool] | None,
-    culprits: Sequence[Culprit] = (),
+    culprits: Sequence[Culprit],
 ) -> RecordedPrune:
+    """One recorded prune, run forward as the engine's counting pass does: a break is a retry for
+    :func:`pytest_tprune.pruning.until_sound`, as it is in the engine."""
     import torch
 
     from pytest_tprune import pruning
@@ -484,6 +455,11 @@ def _record_prune(
     graph.check_pruning_group = check
     extra = {type_key(cls): fn for cls, fn in spec.adapters.items()}
     adapted = apply_adapters(model, extra)
+    try:
+        with torch.no_grad():
+            model(inputs)
+    except Exception as exc:
+        raise pruning.forward_broke(model, inputs, exc, culprits) from exc
     return RecordedPrune(model, config, pruned, skipped, adapted, refused=refused, left_whole=list(pruner.left_whole))
 
 

@@ -439,32 +439,30 @@ def prune(
     clock = _Clock()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        fresh = _model_source(spec, seed, model)
+        fresh = fresh_copies(spec, seed, model)
         with clock.step("build"):
             live, inputs = _first_model(spec, seed, fresh, model, target)
         if baseline is None or baseline.key != (spec.name, seed, str(inputs.device)):
             with clock.step("count"):
                 baseline = measure_baseline(spec, live, inputs, seed)
-        first = [live]
-        del live  # a retry must not keep the broken first model alive
 
-        def next_model() -> nn.Module:
-            if first:
-                return first.pop()
+        def rebuild() -> nn.Module:
             with clock.step("build"):
                 return fresh().to(target)
 
-        before_pruning = len(caught)
-        attempt_starts = [before_pruning]
+        models = first_then_fresh(live, rebuild)
+        del live  # a retry must not keep the broken first model alive
+        before_pruning = attempt_start = len(caught)
 
         def prune_once(model: nn.Module, culprits: Sequence[Culprit]) -> _Attempt:
-            attempt_starts.append(len(caught))
+            nonlocal attempt_start
+            attempt_start = len(caught)
             return _prune_once(spec, config, seed, model, inputs, clock, culprits)
 
-        attempt = until_sound(next_model, prune_once)
+        attempt = until_sound(models, prune_once)
         live = attempt.model
         # what building warned about, and what the attempt that stood did: not the broken tries
-        caught[before_pruning : attempt_starts[-1]] = []
+        caught[before_pruning:attempt_start] = []
     outcome = PruneOutcome(
         model=spec.name,
         config=config.to_dict(),
@@ -493,7 +491,7 @@ def prune(
     return Pruned(live, inputs, outcome, baseline, attempt.output)
 
 
-def _model_source(spec: ModelSpec, seed: int, model: nn.Module | ModelSource | None) -> ModelSource:
+def fresh_copies(spec: ModelSpec, seed: int, model: nn.Module | ModelSource | None) -> ModelSource:
     """Where fresh pristine copies come from: a rebuild, the caller's function, or a copy taken now."""
     from torch import nn
 
@@ -503,6 +501,15 @@ def _model_source(spec: ModelSpec, seed: int, model: nn.Module | ModelSource | N
         snapshot = copy.deepcopy(model)
         return lambda: copy.deepcopy(snapshot)
     return model
+
+
+def first_then_fresh(first: nn.Module, fresh: ModelSource) -> ModelSource:
+    """``first`` on the first call, ``fresh()`` after: a prune's first try, then its retries.
+
+    ``first`` is released once handed out, so a broken first try is not kept alive through the retries.
+    """
+    pending = [first]
+    return lambda: pending.pop() if pending else fresh()
 
 
 def _first_model(
