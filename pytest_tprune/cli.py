@@ -189,6 +189,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from pytest_tprune.compare import merge_main
 
         return merge_main(argv[1:])
+    if argv[:1] == ["table"]:
+        from pytest_tprune.table import table_main
+
+        return table_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         if args.list_models is not None:

@@ -722,17 +722,19 @@ RENDERERS: dict[str, Callable[[Comparison], str]] = {
 # --- command lines --------------------------------------------------------------------------------------------------
 
 
-class _UsageExit(Exception):
+class UsageExit(Exception):
     """argparse's usage error, turned into a return value instead of SystemExit."""
 
 
-class _Parser(argparse.ArgumentParser):
+class SubcommandParser(argparse.ArgumentParser):
+    """argparse whose usage errors come back to :func:`parse_or_status` instead of exiting."""
+
     def error(self, message: str) -> NoReturn:
-        raise _UsageExit(message)
+        raise UsageExit(message)
 
 
 def compare_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = SubcommandParser(
         prog="tprune compare",
         description="Compare two pytest-tprune JSON run reports "
         "(exit 1 when a case newly fails or disappeared, 2 for bad input).",
@@ -752,24 +754,24 @@ def compare_parser() -> argparse.ArgumentParser:
 
 
 def merge_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="tprune merge", description="Merge the JSON reports of the shards of one run.")
+    parser = SubcommandParser(prog="tprune merge", description="Merge the JSON reports of the shards of one run.")
     parser.add_argument("out", metavar="OUT.json", help="the merged report to write")
     parser.add_argument("inputs", nargs="+", metavar="IN.json", help="shard reports (--tprune-shard K/N) of one run")
     return parser
 
 
-def _parse(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace | int:
+def parse_or_status(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace | int:
     """Parsed arguments, or the exit status argparse chose (0 after --help, 2 for a usage error)."""
     try:
         return parser.parse_args(list(argv))
-    except _UsageExit as err:
+    except UsageExit as err:
         print(f"{parser.prog}: error: {err} (see '{parser.prog} --help')", file=sys.stderr)
         return EXIT_USAGE
     except SystemExit as exc:  # --help
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
 
 
-def _emit(text: str) -> None:
+def emit(text: str) -> None:
     """Write to stdout; a closed pipe (``| head``) is not an error worth a traceback."""
     try:
         sys.stdout.write(text)
@@ -780,7 +782,7 @@ def _emit(text: str) -> None:
 
 def compare_main(argv: Sequence[str]) -> int:
     """``tprune compare OLD.json NEW.json [--format F] [--duration-threshold X]``: 0, 1 regressed, 2 bad input."""
-    args = _parse(compare_parser(), argv)
+    args = parse_or_status(compare_parser(), argv)
     if isinstance(args, int):
         return args
     if not args.duration_threshold > 1 or math.isinf(args.duration_threshold):
@@ -795,7 +797,7 @@ def compare_main(argv: Sequence[str]) -> int:
     except ReportError as err:
         print(f"tprune compare: error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    _emit(RENDERERS[args.format](comparison))
+    emit(RENDERERS[args.format](comparison))
     return comparison.exit_status
 
 
@@ -891,7 +893,7 @@ def merge_reports(reports: list[Report]) -> tuple[dict[str, Any], str | None]:
 
 def merge_main(argv: Sequence[str]) -> int:
     """``tprune merge OUT.json IN.json...``: 0 written, 2 bad or inconsistent input."""
-    args = _parse(merge_parser(), argv)
+    args = parse_or_status(merge_parser(), argv)
     if isinstance(args, int):
         return args
     try:
@@ -907,5 +909,5 @@ def merge_main(argv: Sequence[str]) -> int:
         return EXIT_USAGE
     if warning:
         print(f"tprune merge: warning: {warning}", file=sys.stderr)
-    _emit(f"tprune merge: {len(reports)} report(s), {len(document['cases'])} case(s) -> {args.out}\n")
+    emit(f"tprune merge: {len(reports)} report(s), {len(document['cases'])} case(s) -> {args.out}\n")
     return EXIT_OK

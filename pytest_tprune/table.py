@@ -1,0 +1,302 @@
+"""The prunability table: run reports rendered as a map by timm family.
+
+``tprune table REPORT.json [MORE.json ...] [--title T] [--out PAGE.md]``
+
+A report lists cases; what a user reads is "does my model's family prune
+today, and if not, why?". This merges the reports of one run (the shards of a
+zoo run, checked as ``tprune merge`` checks them), then renders a markdown
+page: when and with which libraries the run was made, the totals by outcome
+and by cause, and one row per family naming the models behind every cause.
+
+Causes are grouped by kind rather than by message. A report's reasons are
+free text that names the model ("pruning vit_huge... ran past the per-case
+time limit of 60 s"), so without grouping a zoo run with a hundred timeouts
+would show a hundred distinct causes. The kinds recognised here (timeouts,
+memory-guard skips, models with every group left whole) are the ones the
+plugin words itself; anything else keeps its first line, with the model's own
+name taken out so the same failure in two models is one cause.
+
+Only the standard library is imported here, and timm (lazily) to name the
+family of each model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pytest_tprune.compare import (
+    EXIT_OK,
+    EXIT_USAGE,
+    Case,
+    ReportError,
+    SubcommandParser,
+    emit,
+    load_report,
+    merge_reports,
+    parse_or_status,
+)
+from pytest_tprune.report import write_text_atomic
+
+NOT_TIMM = "(not a timm model)"
+KNOWN_PREFIX = "known failure: "
+OUTCOME_ORDER = ("passed", "xfailed", "xpassed", "failed", "error", "skipped")
+CAUSE_WIDTH = 140  # characters of a free-text cause kept in a cell
+
+_TIMEOUT = re.compile(r"ran past the per-case time limit of (\S+) s")
+_MEMORY = re.compile(r"need about ([\d.]+) GiB, over this worker's share of memory \(([\d.]+) GiB\)")
+_WHERE = re.compile(r"\s*\[at ([^\]]+)\].*")
+
+
+@dataclass(frozen=True)
+class Cause:
+    """Why one case did not pass: the column it belongs to, a label shared across models, a per-model detail."""
+
+    column: str  # "known", "failed" or "skipped"
+    label: str
+    detail: str | None = None
+
+
+# --- causes ---------------------------------------------------------------------------------------------------------
+
+
+def _without_model(text: str, case: Case) -> str:
+    """The text with the case's own model (and case id) taken out, so one failure in two models reads the same."""
+    model = str(case["model"])
+    text = text.replace(f" {model}-{case['config_id']}", "").replace(f" for {model}", "")
+    return text.replace(model, "the model")
+
+
+def free_text_cause(case: Case) -> str:
+    """The first line of a reason, short enough for a table cell: the exception and where, not the explanation."""
+    text = str(case.get("reason") or case.get("failed_check") or "no reason recorded").removeprefix(KNOWN_PREFIX)
+    text = text.removeprefix("pytest_tprune.errors.PruneStepError: ").removeprefix("pytest_tprune.errors.")
+    text = text.removeprefix("pytest_tprune.case.")
+    text = _WHERE.sub(r" @ \1", _without_model(text.splitlines()[0] if text else text, case))
+    text = text.split(" after pruning")[0]
+    return text if len(text) <= CAUSE_WIDTH else text[: CAUSE_WIDTH - 3].rstrip() + "..."
+
+
+def known_cause(case: Case) -> Cause:
+    reason = str(case.get("reason") or "").removeprefix(KNOWN_PREFIX)
+    if reason.startswith("hang: slow"):
+        return Cause("known", "slow pass, over the hang time limit")
+    if reason.startswith("hang:"):
+        return Cause("known", "hang (time limit)")
+    return Cause("known", free_text_cause(case))
+
+
+def skip_cause(case: Case) -> Cause:
+    reason = str(case.get("reason") or "no reason recorded")
+    memory = _MEMORY.search(reason)
+    if memory:
+        return Cause("skipped", f"memory guard (over a worker's {memory[2]} GiB)", f"{memory[1]} GiB")
+    return Cause("skipped", free_text_cause(case))
+
+
+def nothing_pruned(case: Case) -> bool:
+    """A reduction failure where torch-pruning had groups but every one was left whole."""
+    return (
+        case.get("failed_check") == "reduction"
+        and not case.get("groups_pruned")
+        and bool(case.get("groups_left_whole"))
+    )
+
+
+def failure_cause(case: Case) -> Cause:
+    if case["outcome"] == "xpassed":
+        return Cause("failed", "passes although known to fail: drop its known failure")
+    timeout = _TIMEOUT.search(str(case.get("reason") or ""))
+    if timeout:
+        return Cause("failed", f"timeout at {timeout[1]} s")
+    if nothing_pruned(case):
+        return Cause("failed", "nothing pruned: every group left whole", f"{case['groups_left_whole']} groups")
+    return Cause("failed", free_text_cause(case))
+
+
+def cause_of(case: Case) -> Cause | None:
+    """Why ``case`` did not pass, or None when it passed."""
+    outcome = case["outcome"]
+    if outcome == "passed":
+        return None
+    if outcome == "xfailed":
+        return known_cause(case)
+    if outcome == "skipped":
+        return skip_cause(case)
+    return failure_cause(case)
+
+
+# --- families -------------------------------------------------------------------------------------------------------
+
+
+def timm_families(models: set[str]) -> dict[str, str]:
+    """Model name -> timm module (its family), as ``timm.list_modules`` groups them."""
+    import timm
+
+    found: dict[str, str] = {}
+    for module in timm.list_modules():
+        for name in timm.list_models(module=module):
+            if name in models:
+                found[name] = module
+    return found
+
+
+def by_family(cases: list[Case], families: Mapping[str, str]) -> dict[str, list[Case]]:
+    grouped: dict[str, list[Case]] = defaultdict(list)
+    for case in cases:
+        grouped[families.get(case["model"], NOT_TIMM)].append(case)
+    return dict(sorted(grouped.items()))
+
+
+# --- rendering ------------------------------------------------------------------------------------------------------
+
+
+def case_names(cases: list[Case]) -> dict[str, str]:
+    """nodeid -> how a cell names the case: the model, plus its config where the model has several cases."""
+    per_model = Counter(c["model"] for c in cases)
+    return {c["nodeid"]: c["model"] if per_model[c["model"]] == 1 else f"{c['model']} {c['config_id']}" for c in cases}
+
+
+def cause_cell(rows: list[Case], column: str, names: Mapping[str, str]) -> str:
+    """``Nx label: `model` (detail), ...`` per cause of one column, the commonest first; pipes escaped."""
+    members: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for row in rows:
+        cause = cause_of(row)
+        if cause is not None and cause.column == column:
+            name = names[row["nodeid"]]
+            members[cause.label].append((name, f"`{name}` ({cause.detail})" if cause.detail else f"`{name}`"))
+    ranked = sorted(members.items(), key=lambda item: (-len(item[1]), item[0]))
+    cells = (f"{len(who)}x {label}: {', '.join(shown for _, shown in sorted(who))}" for label, who in ranked)
+    return "; ".join(cells).replace("|", "\\|")
+
+
+def left_whole_cell(rows: list[Case]) -> str:
+    """``left whole / all groups`` over the passing cases, blank when none was left whole."""
+    passing = [r for r in rows if r["outcome"] == "passed"]
+    whole = sum(int(r.get("groups_left_whole") or 0) for r in passing)
+    total = whole + sum(int(r.get("groups_pruned") or 0) for r in passing)
+    return f"{whole} / {total}" if whole else ""
+
+
+def family_rows(grouped: dict[str, list[Case]], names: Mapping[str, str]) -> list[str]:
+    lines = [
+        "| family | cases | passed | left whole | known failures (cause) | failed (cause) | skipped (reason) |",
+        "|---|---:|---:|---:|---|---|---|",
+    ]
+    for family, rows in grouped.items():
+        passed = sum(r["outcome"] == "passed" for r in rows)
+        cells = [cause_cell(rows, column, names) for column in ("known", "failed", "skipped")]
+        lines.append(f"| {family} | {len(rows)} | {passed} | {left_whole_cell(rows)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def totals_by_cause(cases: list[Case]) -> list[str]:
+    """One bullet per column that has cases: how many, by cause, the commonest first."""
+    titles = {"known": "Known failures (strict xfail)", "failed": "Failed", "skipped": "Skipped"}
+    counts: dict[str, Counter[str]] = {column: Counter() for column in titles}
+    for case in cases:
+        cause = cause_of(case)
+        if cause is not None:
+            counts[cause.column][cause.label] += 1
+    return [
+        f"- **{title}: {sum(counts[column].values())}.** "
+        + "; ".join(f"{n} {label}" for label, n in sorted(counts[column].items(), key=lambda i: (-i[1], i[0])))
+        for column, title in titles.items()
+        if counts[column]
+    ]
+
+
+def run_line(document: Mapping[str, Any], written: str) -> str:
+    env = document.get("environment") or {}
+    versions = ", ".join(f"{name} {env.get(name)}" for name in ("python", "torch", "timm", "torch-pruning"))
+    settings = document.get("settings") or {}
+    shards = settings.get("merged_shards")
+    shard_text = f"; {len(shards)} shards merged" if isinstance(shards, list) and shards else ""
+    return f"Run on {written} with {versions}; device {env.get('device')}{shard_text}. Rendered by `tprune table`."
+
+
+def render(
+    document: Mapping[str, Any], families: Mapping[str, str], title: str, written: str, partial: str | None = None
+) -> str:
+    """The markdown page for one (merged) report document; ``partial`` says what part of the run is missing."""
+    cases: list[Case] = list(document["cases"])
+    grouped = by_family(cases, families)
+    outcomes = Counter(c["outcome"] for c in cases)
+    clean = sum(all(r["outcome"] == "passed" for r in rows) for rows in grouped.values())
+    share = f" ({outcomes['passed'] / len(cases):.0%})" if cases else ""
+    lines = [
+        f"# {title}",
+        "",
+        run_line(document, written),
+        "",
+        *([f"**Partial run:** {partial}.", ""] if partial else []),
+        f"**{outcomes['passed']} of {len(cases)} cases pass every check{share}**, in {len(grouped)} families; "
+        f"in {clean} of them every case passes. "
+        + ", ".join(f"{outcomes[k]} {k}" for k in OUTCOME_ORDER if outcomes[k])
+        + ".",
+        "",
+        *totals_by_cause(cases),
+        "",
+        "A known failure (`xfailed`) is strict: its cause is in `pytest_tprune/known.py`. A pass may leave whole the "
+        "groups torch-pruning cannot prune consistently, or whose pruning breaks a module's forward "
+        "(`pytest_tprune/left_whole.py`): *left whole* counts them, as left whole / all groups, over the family's "
+        "passing cases.",
+        "",
+        *family_rows(grouped, case_names(cases)),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+# --- command line ---------------------------------------------------------------------------------------------------
+
+
+def table_parser() -> argparse.ArgumentParser:
+    parser = SubcommandParser(
+        prog="tprune table",
+        description="Render pytest-tprune JSON run reports (e.g. the shards of a zoo run) "
+        "as a markdown prunability table by timm family.",
+    )
+    parser.add_argument("reports", nargs="+", metavar="REPORT.json", help="reports of one run (shards are merged)")
+    parser.add_argument("--title", default="Prunability by timm family", help="the page's heading")
+    parser.add_argument("--out", type=Path, help="write the page here (atomically) instead of to stdout")
+    return parser
+
+
+def written_date(paths: Sequence[str]) -> str:
+    """The day the newest report was written (UTC): the run's date, stable however often the page is rendered."""
+    newest = max(Path(path).stat().st_mtime for path in paths)
+    return time.strftime("%Y-%m-%d", time.gmtime(newest))
+
+
+def table_main(argv: Sequence[str], families: Mapping[str, str] | None = None) -> int:
+    """``tprune table REPORT.json... [--title T] [--out F]``: 0 rendered, 2 bad input or an unwritable page."""
+    args = parse_or_status(table_parser(), argv)
+    if isinstance(args, int):
+        return args
+    try:
+        document, warning = merge_reports([load_report(path) for path in args.reports])
+    except ReportError as err:
+        print(f"tprune table: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    if families is None:
+        families = timm_families({c["model"] for c in document["cases"]})
+    text = render(document, families, args.title, written_date(args.reports), partial=warning)
+    if warning:
+        print(f"tprune table: warning: {warning}", file=sys.stderr)
+    if args.out is None:
+        emit(text)
+        return EXIT_OK
+    try:
+        write_text_atomic(args.out, text)
+    except OSError as err:
+        print(f"tprune table: error: cannot write {args.out}: {err.strerror or err}", file=sys.stderr)
+        return EXIT_USAGE
+    emit(f"tprune table: {len(document['cases'])} case(s) -> {args.out}\n")
+    return EXIT_OK
