@@ -52,6 +52,7 @@ CAUSE_WIDTH = 140  # characters of a free-text cause kept in a cell
 
 _TIMEOUT = re.compile(r"ran past the per-case time limit of (\S+) s")
 _MEMORY = re.compile(r"need about ([\d.]+) GiB, over this worker's share of memory \(([\d.]+) GiB\)")
+_GROUP_COUNT = re.compile(r"\b\d+ group\(s\)")  # "[shapes] 3 group(s) break the shape rule": one cause
 _WHERE = re.compile(r"\s*\[at ([^\]]+)\].*")
 
 
@@ -80,7 +81,7 @@ def free_text_cause(case: Case) -> str:
     text = text.removeprefix("pytest_tprune.errors.PruneStepError: ").removeprefix("pytest_tprune.errors.")
     text = text.removeprefix("pytest_tprune.case.")
     text = _WHERE.sub(r" @ \1", _without_model(text.splitlines()[0] if text else text, case))
-    text = text.split(" after pruning")[0]
+    text = _GROUP_COUNT.sub("groups", text.split(" after pruning")[0]).rstrip(":")
     return text if len(text) <= CAUSE_WIDTH else text[: CAUSE_WIDTH - 3].rstrip() + "..."
 
 

@@ -182,6 +182,19 @@ def test_a_model_with_several_cases_is_named_with_its_config(
     assert "Partial run" not in page
 
 
+def test_shape_rule_failures_are_one_cause_whatever_their_count(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cases = [
+        case(model, "failed", failed_check="shapes", reason=f"CheckFailed: [shapes] {n} group(s) break the shape rule:")
+        for model, n in (("vit_xp", 1), ("vit_huge", 3))
+    ]
+    page = render(capsys, write_report(tmp_path / "r.json", cases, None))
+    assert "2x CheckFailed: [shapes] groups break the shape rule: `vit_huge`, `vit_xp`" in row_of(
+        page, "vision_transformer"
+    )
+
+
 def test_a_slow_pass_under_the_hang_limit_is_not_called_a_hang(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
