@@ -880,8 +880,10 @@ def _union(reports: Iterable[Report], name: str) -> list[Any]:
 def merge_reports(reports: list[Report]) -> tuple[dict[str, Any], str | None]:
     """One report document from the shards of one run, and a warning (missing shards) or None."""
     settings, warning = merge_settings(reports)
+    finished = sorted(str(r.document["finished"]) for r in reports if r.document.get("finished"))
     document = {
         **reports[0].document,
+        **({"finished": finished[-1]} if finished else {}),
         "environment": merge_environment(reports),
         "settings": settings,
         "unused_goldens": _union(reports, "unused_goldens"),

@@ -126,6 +126,30 @@ def touches_culprit(graph: Any, group: Any, broken: Sequence[Culprit]) -> str | 
     return None
 
 
+def prunes_ignored_parameter(graph: Any, group: Any, ignored: Sequence[nn.Module]) -> str | None:
+    """The reason to leave ``group`` whole when it would prune a parameter of an ignored layer, else None.
+
+    torch-pruning keeps an ignored layer out of every group, but the
+    parameters of a layer class it does not know (timm's ``RmsNorm``, say) are
+    graph members of their own, unwrapped parameters, and it prunes those with
+    the group that reaches them. When the ignored layer is a model's output
+    (the last norm of a model built with ``num_classes=0``), that pruned the
+    output width: aimv2's feature output went from 1024 to 512.
+    """
+    owners = {id(p): module for module in ignored for p in module.parameters(recurse=False)}
+    if not owners:
+        return None
+    for dep, _ in group:
+        owner = owners.get(id(dep.target.module))
+        if owner is not None:
+            layer = _dotted_name(graph, owner) or type(owner).__name__
+            return (
+                f"would prune {_name_of(graph, dep.target.module)} of '{layer}', an ignored layer "
+                f"({type(owner).__name__}) that torch-pruning prunes as an unwrapped parameter"
+            )
+    return None
+
+
 def _item_width(graph: Any, dep: Any) -> int | None:
     """Width of the dimension ``dep`` prunes on its target, when torch-pruning knows it."""
     target = dep.target.module
@@ -415,6 +439,7 @@ def guarded_pruner() -> type:
             problem = (
                 getattr(group, "tprune_cycle", None)
                 or index_overrun(self.DG, group)
+                or prunes_ignored_parameter(self.DG, group, self.ignored_layers)
                 or touches_culprit(self.DG, group, self.culprits)
             )
             imp = None

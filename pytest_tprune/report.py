@@ -7,10 +7,12 @@ Rows travel from the process that ran a case to the one that reports through
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,12 +47,45 @@ class CaseRow:
         }
 
 
+NOT_ENGINE = frozenset({"__main__.py", "cli.py", "compare.py", "table.py"})
+"""Modules that only read reports or front the command line: editing them changes no case's outcome,
+so it does not change the fingerprint (re-rendering a table must not invalidate hours of zoo shards)."""
+
+
+def engine_fingerprint(root: Path | None = None) -> str:
+    """A short hash of this package's code and data: which revision of pytest-tprune made a report.
+
+    Library versions say which torch, timm and torch-pruning ran; outcomes
+    also depend on our own engine (adapters, groups left whole, the known
+    failures table), which changes far more often than its version number.
+    With it in the environment, ``tprune merge`` refuses shards of a zoo run
+    made by two revisions, and ``tprune compare`` shows an engine change next
+    to a library upgrade. Uncommitted edits count: they change outcomes too;
+    the modules in :data:`NOT_ENGINE` do not.
+    """
+    root = root or Path(__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        if path.suffix in (".py", ".json") and "__pycache__" not in path.parts and path.name not in NOT_ENGINE:
+            digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+            digest.update(path.read_bytes().replace(b"\r\n", b"\n") + b"\0")
+    return digest.hexdigest()[:12]
+
+
+def engine_version() -> str:
+    """``0.1.0+<fingerprint>``: the package version with the engine's fingerprint as its local part."""
+    from pytest_tprune import __version__
+
+    return f"{__version__}+{engine_fingerprint()}"
+
+
 def environment(device: str) -> dict[str, Any]:
-    """Library versions and device: what a comparison between runs must show."""
+    """Library versions, our engine's revision and the device: what a comparison between runs must show."""
     from pytest_tprune.golden import library_versions
 
     env: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform(), "device": device}
     env.update(library_versions())
+    env["pytest-tprune"] = engine_version()
     try:
         import torch
 
@@ -79,9 +114,11 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
 
 
 def report_document(rows: list[CaseRow], device: str, extra: dict[str, Any]) -> dict[str, Any]:
+    """The JSON report; ``finished`` (UTC) dates the run even after a clone resets the file's mtime."""
     return {
         "schema": REPORT_SCHEMA,
         "tool": "pytest-tprune",
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "environment": environment(device),
         **extra,
         "cases": [row.to_dict() for row in sorted(rows, key=lambda r: (r.model, r.config_id, r.nodeid))],

@@ -216,7 +216,8 @@ def totals_by_cause(cases: list[Case]) -> list[str]:
 
 def run_line(document: Mapping[str, Any], written: str) -> str:
     env = document.get("environment") or {}
-    versions = ", ".join(f"{name} {env.get(name)}" for name in ("python", "torch", "timm", "torch-pruning"))
+    names = ("python", "torch", "timm", "torch-pruning", "pytest-tprune")
+    versions = ", ".join(f"{name} {env[name]}" for name in names if name in env)
     settings = document.get("settings") or {}
     shards = settings.get("merged_shards")
     shard_text = f"; {len(shards)} shards merged" if isinstance(shards, list) and shards else ""
@@ -270,8 +271,16 @@ def table_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def written_date(paths: Sequence[str]) -> str:
-    """The day the newest report was written (UTC): the run's date, stable however often the page is rendered."""
+def written_date(document: Mapping[str, Any], paths: Sequence[str]) -> str:
+    """The day the run finished (UTC), stable however often the page is rendered.
+
+    Reports say when they were written (``finished``; a merge keeps the
+    latest), which survives a clone; older reports fall back to the newest
+    file's modification time.
+    """
+    finished = str(document.get("finished") or "")
+    if re.fullmatch(r"\d{4}-\d{2}-\d{2}T.*", finished):
+        return finished[:10]
     newest = max(Path(path).stat().st_mtime for path in paths)
     return time.strftime("%Y-%m-%d", time.gmtime(newest))
 
@@ -288,7 +297,7 @@ def table_main(argv: Sequence[str], families: Mapping[str, str] | None = None) -
         return EXIT_USAGE
     if families is None:
         families = timm_families({c["model"] for c in document["cases"]})
-    text = render(document, families, args.title, written_date(args.reports), partial=warning)
+    text = render(document, families, args.title, written_date(document, args.reports), partial=warning)
     if warning:
         print(f"tprune table: warning: {warning}", file=sys.stderr)
     if args.out is None:

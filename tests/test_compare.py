@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from pytest_tprune.compare import compare_main, compare_reports, load_report, merge_main
-from pytest_tprune.report import REPORT_SCHEMA
+from pytest_tprune.report import REPORT_SCHEMA, engine_fingerprint
 
 OLD_ENV = {
     "python": "3.11.9",
@@ -489,3 +489,43 @@ def test_merge_refuses_inconsistent_shards(tmp_path: Path, capsys: pytest.Captur
     assert merge_main([out, one, str(tmp_path / "absent.json")]) == 2
     assert "absent.json: no such file" in capsys.readouterr().err
     assert not Path(out).exists()
+
+
+def test_merge_dates_the_run_by_its_last_shard(tmp_path: Path) -> None:
+    early = write(tmp_path / "s1.json", {**shard(1, [case("a")]), "finished": "2026-03-13T23:50:00Z"})
+    late = write(tmp_path / "s2.json", {**shard(2, [case("b")]), "finished": "2026-03-14T00:20:00Z"})
+    out = tmp_path / "m.json"
+    assert merge_main([str(out), late, early]) == 0
+    assert load_report(str(out)).document["finished"] == "2026-03-14T00:20:00Z"
+
+
+def test_merge_refuses_shards_of_two_engine_revisions(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Outcomes depend on our engine as much as on the libraries: one table, one revision."""
+    one = write(tmp_path / "s1.json", shard(1, [case("a")], {**OLD_ENV, "pytest-tprune": "0.1.0+aaaaaaaaaaaa"}))
+    two = write(tmp_path / "s2.json", shard(2, [case("b")], {**OLD_ENV, "pytest-tprune": "0.1.0+bbbbbbbbbbbb"}))
+    assert merge_main([str(tmp_path / "m.json"), one, two]) == 2
+    assert "ran with pytest-tprune 0.1.0+bbbbbbbbbbbb" in capsys.readouterr().err
+
+
+def copy_package(into: Path) -> Path:
+    source = Path(engine_fingerprint.__code__.co_filename).parent
+    target = into / "pytest_tprune"
+    for path in source.rglob("*"):
+        if path.is_file() and "__pycache__" not in path.parts:
+            (target / path.relative_to(source)).parent.mkdir(parents=True, exist_ok=True)
+            (target / path.relative_to(source)).write_bytes(path.read_bytes())
+    return target
+
+
+def test_engine_fingerprint_follows_the_engine_not_the_report_readers(tmp_path: Path) -> None:
+    package = copy_package(tmp_path)
+    original = engine_fingerprint(package)
+    assert original == engine_fingerprint()  # the copy hashes like the installed package
+    (package / "table.py").write_text("# rendering changed\n", encoding="utf-8")
+    assert engine_fingerprint(package) == original
+    (package / "data" / "known_zoo_failures.json").write_text("{}\n", encoding="utf-8")
+    changed = engine_fingerprint(package)
+    assert changed != original
+    adapters = package / "adapters.py"
+    adapters.write_text(adapters.read_text(encoding="utf-8") + "\n# one more adapter\n", encoding="utf-8")
+    assert engine_fingerprint(package) not in (original, changed)

@@ -258,3 +258,25 @@ def test_forward_that_no_group_left_whole_repairs_is_reported_with_its_module() 
         prune(_spec("picky", _PickyNet), PruneConfig(ratio=0.5), device="cpu")
     assert caught.value.step == "forward"
     assert "expected 16 channels, got 8" in str(caught.value)
+
+
+def test_feature_output_through_a_norm_torch_pruning_does_not_know_keeps_its_width() -> None:
+    """aimv2 built with ``num_classes=0``: its output is the last RmsNorm, a class torch-pruning prunes
+    as unwrapped parameters even when the layer is ignored, so the feature width was halved."""
+    timm = pytest.importorskip("timm")
+    from timm.layers import RmsNorm
+
+    spec = ModelSpec(
+        "features_rmsnorm",
+        lambda: timm.create_model("test_vit", num_classes=0, norm_layer=RmsNorm),
+        (3, 160, 160),
+        source="timm",
+    )
+    result = prune(spec, PruneConfig(ratio=0.5), device="cpu")
+    out = result.outcome
+    assert out.ignored == ["norm"]  # no classifier: the fallback is the output norm
+    assert out.output_shape_after == out.output_shape_before == [1, 64]
+    assert out.shapes_after["norm.weight"] == [64]
+    reasons = [lw.reason for lw in out.left_whole]
+    assert any("would prune norm.weight (parameter) of 'norm', an ignored layer (RmsNorm)" in r for r in reasons)
+    assert out.shapes_after["blocks.0.mlp.fc1.weight"][0] == out.shapes_before["blocks.0.mlp.fc1.weight"][0] // 2

@@ -10,6 +10,7 @@ this process (torch and timm are imported once, which saves about 6 s a run);
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -17,6 +18,8 @@ import pytest
 # imported twice in one process, so import it (and timm) before any run does.
 import timm  # noqa: F401
 import torch  # noqa: F401
+
+from pytest_tprune.report import engine_version
 
 TEST_FILE = "def test_prune(tprune_case):\n    tprune_case.check_all()\n"
 ONE_CASE = ("--tprune-models=test_resnet", "--tprune-ratios=0.5", "--tprune-modes=local", "-p", "no:cacheprovider")
@@ -195,6 +198,8 @@ def test_json_report_has_rows_versions_and_durations(project: pytest.Pytester) -
     assert result.ret == 0
     data = json.loads(report.read_text())
     assert data["schema"] == 1 and data["environment"]["timm"] and data["environment"]["torch-pruning"]
+    assert data["environment"]["pytest-tprune"] == engine_version()  # which revision of our engine ran
+    assert re.fullmatch(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z", data["finished"])
     (case,) = data["cases"]
     assert case["model"] == "test_resnet" and case["config_id"] == "r0.50-local" and case["outcome"] == "passed"
     assert case["params_after"] < case["params_before"] and 0 < case["kept_params"] < 1

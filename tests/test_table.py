@@ -221,6 +221,27 @@ def test_rendering_again_gives_the_same_page(
     assert sorted(p.name for p in page.parent.iterdir()) == ["zoo.md"]
 
 
+def test_a_committed_report_is_dated_by_its_run_not_its_checkout(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A clone gives every file today's mtime; the report's own ``finished`` keeps the page's date."""
+    path = tmp_path / "zoo-1.json"
+    write_report(path, SHARD_1, None)
+    path.write_text(json.dumps({**json.loads(path.read_text()), "finished": "2026-02-01T08:00:00Z"}))
+    assert "Run on 2026-02-01 with" in render(capsys, str(path))
+
+
+def test_the_page_names_the_engine_revision_when_the_report_has_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "zoo-1.json"
+    write_report(path, SHARD_1, None)
+    data = json.loads(path.read_text())
+    data["environment"]["pytest-tprune"] = "0.1.0+0123456789ab"
+    path.write_text(json.dumps(data))
+    assert "torch-pruning 1.6.1, pytest-tprune 0.1.0+0123456789ab; device cpu" in render(capsys, str(path))
+
+
 def bad_input(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
     assert table_main(list(argv), families=FAMILIES) == 2
     out, err = capsys.readouterr()
