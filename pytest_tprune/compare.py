@@ -851,9 +851,21 @@ def merge_settings(reports: list[Report]) -> tuple[dict[str, Any], str | None]:
         raise ReportError(f"the reports are shards of different splits ({', '.join(f'{k}/{n}' for k, n in shards)})")
     total = totals.pop()
     merged["merged_shards"] = [list(s) for s in sorted(set(shards))]
-    missing = [f"{k}/{total}" for k in range(1, total + 1) if (k, total) not in shards]
-    warning = f"shard(s) {', '.join(missing)} missing: the merged report covers part of the run" if missing else None
-    return merged, warning
+    missing = [k for k in range(1, total + 1) if (k, total) not in shards]
+    if not missing:
+        return merged, None
+    return merged, f"shard(s) {shard_ranges(missing, total)} missing: the merged report covers part of the run"
+
+
+def shard_ranges(numbers: list[int], total: int) -> str:
+    """``2/32, 5-32/32``: sorted shard numbers with consecutive runs folded, so 28 missing shards read as one."""
+    runs: list[list[int]] = []
+    for k in numbers:
+        if runs and k == runs[-1][-1] + 1:
+            runs[-1].append(k)
+        else:
+            runs.append([k])
+    return ", ".join(f"{run[0]}/{total}" if len(run) == 1 else f"{run[0]}-{run[-1]}/{total}" for run in runs)
 
 
 def merge_cases(reports: list[Report]) -> list[Case]:

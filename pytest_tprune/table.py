@@ -49,6 +49,9 @@ NOT_TIMM = "(not a timm model)"
 KNOWN_PREFIX = "known failure: "
 OUTCOME_ORDER = ("passed", "xfailed", "xpassed", "failed", "error", "skipped")
 CAUSE_WIDTH = 140  # characters of a free-text cause kept in a cell
+NAMES_PER_CAUSE = 12
+"""Models named per cause in a cell; the rest are counted. A zoo run's vision_transformer row has dozens of
+memory-guard skips and timeouts, and a cell listing all of them buries the causes (the reports name every one)."""
 
 _TIMEOUT = re.compile(r"ran past the per-case time limit of (\S+) s")
 _MEMORY = re.compile(r"need about ([\d.]+) GiB, over this worker's share of memory \(([\d.]+) GiB\)")
@@ -174,8 +177,15 @@ def cause_cell(rows: list[Case], column: str, names: Mapping[str, str]) -> str:
             name = names[row["nodeid"]]
             members[cause.label].append((name, f"`{name}` ({cause.detail})" if cause.detail else f"`{name}`"))
     ranked = sorted(members.items(), key=lambda item: (-len(item[1]), item[0]))
-    cells = (f"{len(who)}x {label}: {', '.join(shown for _, shown in sorted(who))}" for label, who in ranked)
+    cells = (f"{len(who)}x {label}: {named([shown for _, shown in sorted(who)])}" for label, who in ranked)
     return "; ".join(cells).replace("|", "\\|")
+
+
+def named(shown: list[str]) -> str:
+    """The first :data:`NAMES_PER_CAUSE` names, then how many more."""
+    if len(shown) <= NAMES_PER_CAUSE:
+        return ", ".join(shown)
+    return ", ".join(shown[:NAMES_PER_CAUSE]) + f" and {len(shown) - NAMES_PER_CAUSE} more"
 
 
 def left_whole_cell(rows: list[Case]) -> str:

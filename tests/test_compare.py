@@ -434,9 +434,9 @@ def test_the_command_line(pair: tuple[str, str]) -> None:
 # --- merge ----------------------------------------------------------------------------------------------------------
 
 
-def shard(k: int, cases: list[dict[str, Any]], env: dict[str, Any] = OLD_ENV) -> dict[str, Any]:
+def shard(k: int, cases: list[dict[str, Any]], env: dict[str, Any] = OLD_ENV, total: int = 3) -> dict[str, Any]:
     doc = document(env, cases)
-    doc["settings"] = {**SETTINGS, "shard": [k, 3]}
+    doc["settings"] = {**SETTINGS, "shard": [k, total]}
     return doc
 
 
@@ -489,6 +489,13 @@ def test_merge_refuses_inconsistent_shards(tmp_path: Path, capsys: pytest.Captur
     assert merge_main([out, one, str(tmp_path / "absent.json")]) == 2
     assert "absent.json: no such file" in capsys.readouterr().err
     assert not Path(out).exists()
+
+
+def test_merge_folds_runs_of_missing_shards(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A zoo run done in part over several sessions misses long runs of its 32 shards."""
+    paths = [write(tmp_path / f"s{k}.json", shard(k, [case(f"m{k}")], total=32)) for k in (1, 3, 4)]
+    assert merge_main([str(tmp_path / "m.json"), *paths]) == 0
+    assert "shard(s) 2/32, 5-32/32 missing" in capsys.readouterr().err
 
 
 def test_merge_dates_the_run_by_its_last_shard(tmp_path: Path) -> None:

@@ -195,6 +195,15 @@ def test_shape_rule_failures_are_one_cause_whatever_their_count(
     )
 
 
+def test_a_cause_shared_by_many_models_names_a_dozen_and_counts_the_rest(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    models = [f"vit_{n:02d}" for n in range(15)]
+    page = render(capsys, write_report(tmp_path / "r.json", [timeout(m) for m in models], None))
+    named = ", ".join(f"`{m}`" for m in models[:12])
+    assert f"| 15x timeout at 60 s: {named} and 3 more |" in page
+
+
 def test_a_slow_pass_under_the_hang_limit_is_not_called_a_hang(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
