@@ -157,11 +157,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     env = current_environment()
     wanted = args.only or list(range(1, args.shards + 1))
-    todo = [k for k in wanted if stale_because(report_path(k, args.shards), env)]
+    why = {k: stale_because(report_path(k, args.shards), env) for k in wanted}  # each report read once
     if args.status:
-        for k in wanted:
-            print(f"shard {k}/{args.shards}: {stale_because(report_path(k, args.shards), env) or 'done'}")
+        for k, reason in why.items():
+            print(f"shard {k}/{args.shards}: {reason or 'done'}")
         return 0
+    todo = [k for k, reason in why.items() if reason]
     print(f"engine {env['pytest-tprune']}; {len(todo)} shard(s) to run: {', '.join(map(str, todo)) or 'none'}")
     start = time.monotonic()
     for shard in todo:
