@@ -21,6 +21,7 @@ Usage::
     python benchmarks/zoo_run.py --only 3,4 --workers 2
     python benchmarks/zoo_run.py --status              # which shards are done, with which engine
     python benchmarks/zoo_run.py --table-only          # re-render docs/zoo-full.md
+    python benchmarks/zoo_run.py --summary             # the figures docs/zoo.md quotes
 """
 
 from __future__ import annotations
@@ -129,6 +130,51 @@ def render_table(shards: int) -> None:
     subprocess.run(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, check=False)
 
 
+OUTCOME_LABELS = {
+    ("passed", None): "pass every check",
+    ("skipped", None): "skipped (memory guard or input)",
+    ("failed", "timeout"): "timeouts",
+    ("xfailed", "timeout"): "known failures (hang)",
+    ("failed", "reduction"): "prune nothing (reduction check)",
+    ("failed", "shapes"): "break the shape rule",
+    ("failed", "prune:forward"): "forward fails (prune step)",
+}
+"""How ``--summary`` names each (outcome, failed check) pair; any other pair is shown raw."""
+
+
+def summarize(shards: int, listed: int = 20) -> None:
+    """Print the zoo-mode figures docs/zoo.md quotes, from every report present.
+
+    Why: the summary in the docs is written by hand from these counts; deriving
+    them from the reports keeps the page honest when shards are added or re-run.
+    """
+    present = [report_path(k, shards) for k in range(1, shards + 1) if report_path(k, shards).exists()]
+    reports = [json.loads(path.read_text(encoding="utf-8")) for path in present]
+    cases = [case for report in reports for case in report["cases"]]
+    if not cases:
+        print("no shard reports yet: nothing to summarize")
+        return
+    engines = sorted({str(r["environment"].get("pytest-tprune")) for r in reports})
+    print(f"{len(present)} of {shards} shards, engine {', '.join(engines)}: {len(cases)} models")
+    groups: dict[str, list[str]] = {}
+    for case in cases:
+        key = (case["outcome"], case["failed_check"])
+        groups.setdefault(OUTCOME_LABELS.get(key, f"{key[0]} {key[1]}"), []).append(case["model"])
+    for label, models in sorted(groups.items(), key=lambda item: -len(item[1])):
+        more = f", ... ({len(models) - listed} more)" if len(models) > listed else ""
+        print(f"  {len(models):4d} {label}: {', '.join(sorted(models)[:listed])}{more}")
+
+    def count(*keys: tuple[str, str | None]) -> int:
+        return sum(len(groups.get(OUTCOME_LABELS[key], [])) for key in keys)
+
+    passed = count(("passed", None))
+    ran = len(cases) - count(("skipped", None))
+    finished = ran - count(("failed", "timeout"), ("xfailed", "timeout"))
+    for whole, what in ((len(cases), "of all"), (ran, "of those run"), (finished, "of those finished")):
+        if whole:  # a shard of memory-guard skips only has no rate among those run
+            print(f"  pass rate {what}: {passed}/{whole} = {100 * passed / whole:.0f}%")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shards", type=int, default=SHARDS, help=f"how many shards split the zoo ({SHARDS})")
@@ -138,6 +184,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--stop-after", type=float, default=None, help="start no shard after this many minutes")
     parser.add_argument("--status", action="store_true", help="list the shards and whether each is done")
     parser.add_argument("--table-only", action="store_true", help="only re-render the map")
+    parser.add_argument("--summary", action="store_true", help="print the outcome counts over the reports present")
     args = parser.parse_args(argv)
     if args.shards < 1 or args.workers < 1 or args.timeout < 1:
         parser.error("--shards, --workers and --timeout must be positive")
@@ -154,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.table_only:
         render_table(args.shards)
+        return 0
+    if args.summary:
+        summarize(args.shards)
         return 0
     env = current_environment()
     wanted = args.only or list(range(1, args.shards + 1))
