@@ -120,9 +120,14 @@ def run_shard(shard: int, shards: int, workers: int, timeout: int) -> bool:
     return True
 
 
+def present_reports(shards: int) -> list[Path]:
+    """The shard reports on disk, in shard order (the map and the summary read the same set)."""
+    return [path for path in (report_path(k, shards) for k in range(1, shards + 1)) if path.exists()]
+
+
 def render_table(shards: int) -> None:
     """Render the map from every report present (a partial run says which shards are missing)."""
-    paths = [str(report_path(k, shards)) for k in range(1, shards + 1) if report_path(k, shards).exists()]
+    paths = [str(path) for path in present_reports(shards)]
     if not paths:
         print("no shard reports yet: nothing to render")
         return
@@ -148,7 +153,7 @@ def summarize(shards: int, listed: int = 20) -> None:
     Why: the summary in the docs is written by hand from these counts; deriving
     them from the reports keeps the page honest when shards are added or re-run.
     """
-    present = [report_path(k, shards) for k in range(1, shards + 1) if report_path(k, shards).exists()]
+    present = present_reports(shards)
     reports = [json.loads(path.read_text(encoding="utf-8")) for path in present]
     cases = [case for report in reports for case in report["cases"]]
     if not cases:
@@ -156,20 +161,16 @@ def summarize(shards: int, listed: int = 20) -> None:
         return
     engines = sorted({str(r["environment"].get("pytest-tprune")) for r in reports})
     print(f"{len(present)} of {shards} shards, engine {', '.join(engines)}: {len(cases)} models")
-    groups: dict[str, list[str]] = {}
+    groups: dict[tuple[str, str | None], list[str]] = {}
     for case in cases:
-        key = (case["outcome"], case["failed_check"])
-        groups.setdefault(OUTCOME_LABELS.get(key, f"{key[0]} {key[1]}"), []).append(case["model"])
-    for label, models in sorted(groups.items(), key=lambda item: -len(item[1])):
+        groups.setdefault((case["outcome"], case["failed_check"]), []).append(case["model"])
+    for key, models in sorted(groups.items(), key=lambda item: -len(item[1])):
+        label = OUTCOME_LABELS.get(key, f"{key[0]} {key[1]}")
         more = f", ... ({len(models) - listed} more)" if len(models) > listed else ""
         print(f"  {len(models):4d} {label}: {', '.join(sorted(models)[:listed])}{more}")
-
-    def count(*keys: tuple[str, str | None]) -> int:
-        return sum(len(groups.get(OUTCOME_LABELS[key], [])) for key in keys)
-
-    passed = count(("passed", None))
-    ran = len(cases) - count(("skipped", None))
-    finished = ran - count(("failed", "timeout"), ("xfailed", "timeout"))
+    passed = len(groups.get(("passed", None), []))
+    ran = len(cases) - len(groups.get(("skipped", None), []))
+    finished = ran - len(groups.get(("failed", "timeout"), [])) - len(groups.get(("xfailed", "timeout"), []))
     for whole, what in ((len(cases), "of all"), (ran, "of those run"), (finished, "of those finished")):
         if whole:  # a shard of memory-guard skips only has no rate among those run
             print(f"  pass rate {what}: {passed}/{whole} = {100 * passed / whole:.0f}%")
