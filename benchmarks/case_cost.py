@@ -54,9 +54,9 @@ BREAKDOWN = ("pristine", "build", "count", "trace", "prune", "adapt", "forward",
 BARE_CHILD = r"""
 import json, resource, sys, time
 import timm, torch, torch_pruning as tp
-from pytest_tprune.adapters import apply_adapters
-from pytest_tprune.models import timm_input_size
-from pytest_tprune.pruning import attention_heads, classifier_layers
+from pytest_tprune.engine.adapters import apply_adapters
+from pytest_tprune.engine.models import timm_input_size
+from pytest_tprune.engine.recipe import attention_heads, classifier_layers
 
 name, ratio, seed = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
 start = time.perf_counter()

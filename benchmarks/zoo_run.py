@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -74,11 +73,9 @@ def zoo_command(shard: int, shards: int, workers: int, timeout: int, report: Pat
 def current_environment() -> dict[str, Any]:
     """What this checkout would write in a report's environment, without importing torch."""
     sys.path.insert(0, str(ROOT))
-    from pytest_tprune.golden import library_versions
-    from pytest_tprune.report import engine_version
+    from pytest_tprune.engine.identity import run_identity
 
-    env = {"python": platform.python_version(), "device": "cpu", **library_versions()}
-    return {**env, "pytest-tprune": engine_version()}
+    return {**run_identity(), "device": "cpu"}
 
 
 def report_path(shard: int, shards: int) -> Path:

@@ -159,10 +159,11 @@ def _child_setup() -> None:
 
 def run_ours(name: str, progress: Progress) -> None:
     """Prune with pytest_tprune (build once, prune a copy) and run the three checks."""
-    from pytest_tprune.case import STORE, CaseSettings, TpruneCase
-    from pytest_tprune.config import PruneConfig
+    from pytest_tprune.checks.case import CaseSettings, TpruneCase
+    from pytest_tprune.engine.config import PruneConfig
+    from pytest_tprune.engine.models import timm_spec
+    from pytest_tprune.engine.resources import STORE
     from pytest_tprune.errors import PruneStepError
-    from pytest_tprune.models import timm_spec
 
     spec = timm_spec(name, input_cap=None)
     settings = CaseSettings(device="cpu", golden_dir=Path("/tmp/unused"), update_golden=False, seed=SEED, timeout=None)
@@ -233,8 +234,8 @@ def run_upstream(name: str, progress: Progress) -> None:
     import torch_pruning as tp
     from torch import nn
 
-    from pytest_tprune.measure import output_tensor
-    from pytest_tprune.models import build_model, timm_spec
+    from pytest_tprune.engine.measure import output_tensor
+    from pytest_tprune.engine.models import build_model, timm_spec
 
     spec = timm_spec(name, input_cap=None)
     progress.data["input_size"] = list(spec.input_size)
@@ -394,7 +395,7 @@ def run_child(side: str, name: str, timeout: float, pythonpath: str | None) -> d
 
 def model_plan(selected: list[str] | None) -> list[tuple[str, str, int | None]]:
     """(family, model, meta params) to sweep: every family's representative plus the extras."""
-    from pytest_tprune import zoo
+    from pytest_tprune.engine import zoo
 
     reps = zoo.load_representatives()
     params = zoo.load_representative_params()
@@ -542,7 +543,7 @@ def _params(count: int | None) -> str:
 
 def coverage_note(results: dict[str, Any]) -> str:
     """How much of the planned sweep the results hold: an interrupted sweep must say so."""
-    from pytest_tprune import zoo
+    from pytest_tprune.engine import zoo
 
     planned = set(zoo.load_representatives().values()) | set(EXTRA_MODELS)
     missing = sorted(planned - set(results))

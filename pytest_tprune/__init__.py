@@ -9,22 +9,24 @@ with :func:`register_model` (or a ``pytest_tprune_models`` hook returning
 
 from __future__ import annotations
 
-from pytest_tprune.adapters import register_adapter
-from pytest_tprune.config import PruneConfig
+from pytest_tprune.engine.adapters import register_adapter
+from pytest_tprune.engine.config import PruneConfig
+from pytest_tprune.engine.identity import VERSION as __version__
+from pytest_tprune.engine.models import ModelSpec, ModelSpecError, add_model, register_model
+from pytest_tprune.engine.pruners import register_pruner
 from pytest_tprune.errors import PruneStepError, TpruneError, UsageError
-from pytest_tprune.models import ModelSpec, ModelSpecError, add_model, register_model
-from pytest_tprune.pruners import register_pruner
 
 __all__ = [
+    "CheckFailed",
     "ModelSpec",
     "ModelSpecError",
     "PruneConfig",
     "PruneStepError",
     "TpruneError",
     "UsageError",
+    "__version__",
     "add_model",
     "register_adapter",
     "register_model",
     "register_pruner",
 ]
-__version__ = "0.1.0"

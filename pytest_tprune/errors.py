@@ -8,6 +8,9 @@ on valid input (exit status 1, a failed test) and names the step and the module.
 
 from __future__ import annotations
 
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+"""The exit codes of every ``tprune`` command: done; a failure (a prune, a regression); bad input."""
+
 
 class TpruneError(Exception):
     """Base class of every error raised on purpose by pytest-tprune."""
@@ -46,3 +49,11 @@ class CaseTimeout(BaseException):
     library code, and must not be swallowed by an ``except Exception`` there.
     pytest still reports it as a failure of the test.
     """
+
+
+class CheckFailed(AssertionError):
+    """A check failed; ``check`` names which one (for the report)."""
+
+    def __init__(self, check: str, message: str) -> None:
+        self.check = check
+        super().__init__(f"[{check}] {message}")

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from pytest_tprune.models import ModelSpec
+    from pytest_tprune.engine.models import ModelSpec
 
 
 @pytest.hookspec

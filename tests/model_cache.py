@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from pytest_tprune import properties as props
-from pytest_tprune.models import ModelSpec, build_model, timm_spec
+from pytest_tprune.checks import properties as props
+from pytest_tprune.engine.models import ModelSpec, build_model, timm_spec
 
 if TYPE_CHECKING:
     import torch
@@ -34,7 +34,7 @@ def pristine(name: str) -> tuple[ModelSpec, nn.Module]:
 
 @functools.cache
 def perturbed(name: str) -> nn.Module:
-    """The pristine model after :func:`pytest_tprune.properties.perturb`, so every channel is distinguishable."""
+    """The pristine model after :func:`pytest_tprune.checks.properties.perturb`, so every channel is distinguishable."""
     return props.perturb(copy.deepcopy(pristine(name)[1]), SEED)
 
 

@@ -9,7 +9,8 @@ import sys
 import pytest
 import torch
 
-from pytest_tprune.cli import main, tree_diff
+from pytest_tprune.cli import main
+from pytest_tprune.cli.prune import tree_diff
 
 
 def test_prune_prints_seed_format(capsys: pytest.CaptureFixture[str]) -> None:
@@ -68,7 +69,7 @@ def test_cuda_without_gpu_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
 def test_pretrained_offline_fails_fast_and_clearly(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from pytest_tprune import cli
+    from pytest_tprune.cli import prune as cli
 
     monkeypatch.setattr(cli, "weights_cached", lambda name: False)
     monkeypatch.setattr(cli, "weights_reachable", lambda: False)

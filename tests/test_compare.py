@@ -10,8 +10,10 @@ from typing import Any
 
 import pytest
 
-from pytest_tprune.compare import compare_main, compare_reports, load_report, merge_main
-from pytest_tprune.report import REPORT_SCHEMA, engine_fingerprint
+from pytest_tprune.cli.commands import compare_main, merge_main
+from pytest_tprune.engine.identity import engine_fingerprint
+from pytest_tprune.reports.compare import compare_reports
+from pytest_tprune.reports.schema import REPORT_SCHEMA, load_report
 
 OLD_ENV = {
     "python": "3.11.9",
@@ -418,7 +420,7 @@ def test_usage_errors(pair: tuple[str, str], capsys: pytest.CaptureFixture[str])
 
 
 def test_the_command_line(pair: tuple[str, str]) -> None:
-    """``python -m pytest_tprune compare``: what CI runs (needs cli.py to dispatch to pytest_tprune.compare)."""
+    """``python -m pytest_tprune compare``: what CI runs (needs the cli to dispatch to its compare command)."""
     done = subprocess.run(
         [sys.executable, "-m", "pytest_tprune", "compare", *pair, "--format", "markdown"],
         capture_output=True,
@@ -515,7 +517,7 @@ def test_merge_refuses_shards_of_two_engine_revisions(tmp_path: Path, capsys: py
 
 
 def copy_package(into: Path) -> Path:
-    source = Path(engine_fingerprint.__code__.co_filename).parent
+    source = Path(engine_fingerprint.__code__.co_filename).parent.parent
     target = into / "pytest_tprune"
     for path in source.rglob("*"):
         if path.is_file() and "__pycache__" not in path.parts:
@@ -528,11 +530,16 @@ def test_engine_fingerprint_follows_the_engine_not_the_report_readers(tmp_path: 
     package = copy_package(tmp_path)
     original = engine_fingerprint(package)
     assert original == engine_fingerprint()  # the copy hashes like the installed package
-    (package / "table.py").write_text("# rendering changed\n", encoding="utf-8")
+    for reader in ("reports/table.py", "cli/commands.py", "plugin.py"):
+        (package / reader).write_text("# rendering changed\n", encoding="utf-8")
     assert engine_fingerprint(package) == original
-    (package / "data" / "known_zoo_failures.json").write_text("{}\n", encoding="utf-8")
+    (package / "engine" / "data" / "known_zoo_failures.json").write_text("{}\n", encoding="utf-8")
     changed = engine_fingerprint(package)
     assert changed != original
-    adapters = package / "adapters.py"
+    adapters = package / "engine" / "adapters.py"
     adapters.write_text(adapters.read_text(encoding="utf-8") + "\n# one more adapter\n", encoding="utf-8")
-    assert engine_fingerprint(package) not in (original, changed)
+    checked = engine_fingerprint(package)
+    assert checked not in (original, changed)
+    shape_rule = package / "checks" / "expectations.py"
+    shape_rule.write_text(shape_rule.read_text(encoding="utf-8") + "\n# the shape rule changed\n", encoding="utf-8")
+    assert engine_fingerprint(package) not in (original, changed, checked)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_tprune.config import PruneConfig, parse_modes, parse_ratios
+from pytest_tprune.engine.config import PruneConfig, parse_modes, parse_ratios
 from pytest_tprune.errors import UsageError
 
 

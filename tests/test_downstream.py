@@ -25,7 +25,8 @@ import timm  # noqa: F401
 import torch
 import torch_pruning  # noqa: F401
 
-from pytest_tprune import ModelSpec, UsageError, add_model, case, models, register_model
+from pytest_tprune import ModelSpec, UsageError, add_model, register_model
+from pytest_tprune.engine import models, resources
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "downstream"
 CNN_FACTORY = "return AcmeCNN(widths=(16, 32))"
@@ -63,9 +64,9 @@ def example(pytester: pytest.Pytester) -> Path:
 def isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """In-process runs: a fresh model registry, and no pristine model kept from another run."""
     monkeypatch.setattr(models, "_REGISTERED", {})
-    case.STORE.clear()
+    resources.STORE.clear()
     yield
-    case.STORE.clear()
+    resources.STORE.clear()
 
 
 def test_import_stays_free_of_torch_and_exports_the_api() -> None:

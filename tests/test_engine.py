@@ -6,10 +6,11 @@ import pytest
 import torch
 from torch import nn
 
-from pytest_tprune.config import PruneConfig
+from pytest_tprune.engine.config import PruneConfig
+from pytest_tprune.engine.models import ModelSpec, build_model, check_timm_name, timm_input_size, timm_spec
+from pytest_tprune.engine.pruning import prune
+from pytest_tprune.engine.recipe import classifier_layers, resolve_device
 from pytest_tprune.errors import PruneStepError, UsageError
-from pytest_tprune.models import ModelSpec, build_model, check_timm_name, timm_input_size, timm_spec
-from pytest_tprune.pruning import classifier_layers, prune, resolve_device
 
 
 def test_vit_prunes_head_dims_and_adapter_updates_attention() -> None:

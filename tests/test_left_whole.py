@@ -17,10 +17,10 @@ import pytest
 torch = pytest.importorskip("torch")
 nn = torch.nn
 
-from pytest_tprune.config import PruneConfig  # noqa: E402
+from pytest_tprune.engine.config import PruneConfig  # noqa: E402
+from pytest_tprune.engine.models import ModelSpec  # noqa: E402
+from pytest_tprune.engine.pruning import prune  # noqa: E402
 from pytest_tprune.errors import PruneStepError  # noqa: E402
-from pytest_tprune.models import ModelSpec  # noqa: E402
-from pytest_tprune.pruning import prune  # noqa: E402
 
 
 class _PartialConvBlock(nn.Module):
@@ -189,7 +189,7 @@ def test_cyclic_index_propagation_is_cut_and_left_whole() -> None:
 
 
 def test_golden_lists_groups_left_whole_and_flags_one_that_becomes_pruned() -> None:
-    from pytest_tprune.golden import diff_golden, golden_content, render_diff
+    from pytest_tprune.checks.golden import diff_golden, golden_content, render_diff
 
     result = prune(_spec("partial_conv", _PartialConvNet), PruneConfig(ratio=0.5), device="cpu")
     golden = golden_content(result.outcome, {"torch-pruning": "x"})

@@ -19,7 +19,7 @@ import pytest
 import timm  # noqa: F401
 import torch  # noqa: F401
 
-from pytest_tprune.report import engine_version
+from pytest_tprune.engine.identity import engine_version
 
 TEST_FILE = "def test_prune(tprune_case):\n    tprune_case.check_all()\n"
 ONE_CASE = ("--tprune-models=test_resnet", "--tprune-ratios=0.5", "--tprune-modes=local", "-p", "no:cacheprovider")

@@ -1,14 +1,14 @@
 """Property-based pruning correctness: Hypothesis searches the config space of every timm ``test_*`` model.
 
-Each property is a check of :mod:`pytest_tprune.properties` run on configs drawn
-by :func:`pytest_tprune.strategies.prune_configs`; a counterexample shrinks to a
+Each property is a check of :mod:`pytest_tprune.checks.properties` run on configs drawn
+by :func:`pytest_tprune.checks.strategies.prune_configs`; a counterexample shrinks to a
 minimal config and the failure message starts with the ``tprune`` command line
 that replays it. What each property asserts and where it holds is in
 ``docs/properties.md``.
 
 Models are parametrized from a sorted list (Hypothesis only draws inside the
 ``@given`` bodies), so every xdist worker collects the same tests. Models with a
-known failure in every mode (``pytest_tprune/known.py``) are skipped with its
+known failure in every mode (``pytest_tprune/engine/known.py``) are skipped with its
 cause; a model that fails for most configs but passes some (``test_vit3``)
 is skipped by the properties that run the pruned model, and checked by the
 others; a failure known for one mode only discards the examples of that mode.
@@ -29,13 +29,14 @@ import pytest
 from hypothesis import assume, given, note
 from model_cache import SEED
 
-from pytest_tprune import properties as props
-from pytest_tprune.config import PruneConfig
+from pytest_tprune.checks import properties as props
+from pytest_tprune.checks.strategies import prune_configs, ratios, reproduce_command
+from pytest_tprune.engine.config import PruneConfig
+from pytest_tprune.engine.known import known_failure
+from pytest_tprune.engine.models import ModelSpec, timm_model_names
+from pytest_tprune.engine.outcome import Pruned, tensor_shapes
+from pytest_tprune.engine.pruning import prune
 from pytest_tprune.errors import PruneStepError
-from pytest_tprune.known import known_failure
-from pytest_tprune.models import ModelSpec, timm_model_names
-from pytest_tprune.pruning import Pruned, prune, tensor_shapes
-from pytest_tprune.strategies import prune_configs, ratios, reproduce_command
 
 if TYPE_CHECKING:
     pass
@@ -104,7 +105,7 @@ def _one_thread_and_release_models() -> Iterator[None]:
 def _header(name: str, config: PruneConfig, perturbed: bool = False) -> str:
     line = f"{name} {config.config_id}: reproduce with\n  {reproduce_command(name, config, SEED)}"
     if perturbed:
-        line += f"\n  (after pytest_tprune.properties.perturb(model, seed={SEED}), which the check applies first)"
+        line += f"\n  (after pytest_tprune.checks.properties.perturb(model, seed={SEED}), applied first)"
     return line
 
 
@@ -130,7 +131,7 @@ def _recorded(name: str, config: PruneConfig, perturbed: bool = False) -> props.
     spec, model = cache.pristine(name)
     source = cache.perturbed(name) if perturbed else model
     try:
-        return props.record_prune(spec, lambda: copy.deepcopy(source), spec.make_inputs(1, SEED), config, SEED)
+        return props.record_prune(spec, lambda: copy.deepcopy(source), config, SEED)
     except Exception as exc:
         problem = f"pruning failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         pytest.fail(props.format_problems(_header(name, config, perturbed), [problem]), pytrace=False)

@@ -3,7 +3,7 @@
 Each test breaks the engine on purpose (a wrong channel selection, a nudged
 ratio, a dropped ``round_to``, a BatchNorm pruner keeping the wrong statistics,
 a norm or fused attention that soft pruning cannot model) and shows that the
-matching check of :mod:`pytest_tprune.properties` catches it, and only where
+matching check of :mod:`pytest_tprune.checks.properties` catches it, and only where
 it should. Also: the strategies shrink to minimal configs whose command line
 parses back to the same config, and the perturbation does what it promises.
 """
@@ -23,13 +23,14 @@ from hypothesis import find, given, settings
 from model_cache import SEED
 from torch import nn
 
-from pytest_tprune import properties as props
-from pytest_tprune import pruning
-from pytest_tprune.cli import build_parser, config_from_args
-from pytest_tprune.config import PruneConfig
-from pytest_tprune.expectations import predicted_kept
-from pytest_tprune.models import ModelSpec
-from pytest_tprune.strategies import ROUND_TO, prune_configs, ratios, reproduce_command
+from pytest_tprune.checks import properties as props
+from pytest_tprune.checks.expectations import predicted_kept
+from pytest_tprune.checks.properties import recorder
+from pytest_tprune.checks.strategies import ROUND_TO, prune_configs, ratios, reproduce_command
+from pytest_tprune.cli.prune import build_parser, config_from_args
+from pytest_tprune.engine import pruning, recipe
+from pytest_tprune.engine.config import PruneConfig
+from pytest_tprune.engine.models import ModelSpec
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -41,7 +42,7 @@ def _one_thread_and_release_models() -> Iterator[None]:
 def _record(name: str, config: PruneConfig, perturbed: bool = True) -> props.RecordedPrune:
     spec, model = cache.pristine(name)
     source = cache.perturbed(name) if perturbed else model
-    return props.record_prune(spec, lambda: copy.deepcopy(source), spec.make_inputs(1, SEED), config, SEED)
+    return props.record_prune(spec, lambda: copy.deepcopy(source), config, SEED)
 
 
 # -- strategies ----------------------------------------------------------------------------------------------------
@@ -117,8 +118,8 @@ class _Inverted:
 def test_wrong_channel_selection_is_caught_by_the_criterion_check(monkeypatch: pytest.MonkeyPatch) -> None:
     config = PruneConfig(0.5)
     assert props.criterion_problems(_record("test_resnet", config)) == []
-    original = pruning.make_importance
-    monkeypatch.setattr(pruning, "make_importance", lambda name, seed: _Inverted(original(name, seed)))
+    original = recipe.make_importance
+    monkeypatch.setattr(recipe, "make_importance", lambda name, seed: _Inverted(original(name, seed)))
     problems = props.criterion_problems(_record("test_resnet", config))
     assert problems, "keeping the lowest-ranked channels must be caught"
     assert all(p.startswith("group ") and "outranks kept channel" in p for p in problems)
@@ -218,7 +219,7 @@ def test_equivalence_over_iterative_steps_needs_the_original_numbering(monkeypat
         for member in trace.members:
             member.original_idxs = list(member.idxs)
 
-    monkeypatch.setattr(props, "_map_to_original", unmapped)
+    monkeypatch.setattr(recorder, "_map_to_original", unmapped)
     report = props.equivalence_report(spec, cache.perturbed("test_resnet"), config, SEED)
     assert report.problems and all(p.startswith("group ") for p in report.problems)
 

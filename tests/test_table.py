@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from pytest_tprune.report import REPORT_SCHEMA
-from pytest_tprune.table import table_main
+from pytest_tprune.cli.commands import table_main
+from pytest_tprune.reports.schema import REPORT_SCHEMA
 
 ENV = {
     "python": "3.11.7",

@@ -3,7 +3,7 @@
 The selection is data: ``[tool.pytest.ini_options]`` in pyproject.toml names
 the models (``tprune_models``: timm's tiny ``test_*`` models, the seed's
 ViT-B/32 and ``@families``, the smallest model of every timm family listed in
-``pytest_tprune/data/zoo_representatives.json``), ratios and modes. The two
+``pytest_tprune/engine/data/zoo_representatives.json``), ratios and modes. The two
 tests below split that selection by cost:
 
 * ``test_prune``: the tiny models and ViT-B/32 over the full grid, 0.3 (where
@@ -14,7 +14,7 @@ tests below split that selection by cost:
 
 Narrow either from the command line, e.g. ``pytest tests/test_zoo.py
 --tprune-models=vit_*``; what fails for a known reason is a strict xfail with
-its cause in ``pytest_tprune/known.py``.
+its cause in ``pytest_tprune/engine/known.py``.
 """
 
 from __future__ import annotations

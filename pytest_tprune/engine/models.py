@@ -170,7 +170,7 @@ def build_model(spec: ModelSpec, seed: int) -> nn.Module:
 def check_adapters(spec: ModelSpec, model: nn.Module) -> None:
     """Fail when ``spec.adapters`` names a module type that never occurs in ``model``."""
     __tracebackhide__ = True
-    from pytest_tprune.adapters import type_key, unused_adapter_types
+    from pytest_tprune.engine.adapters import type_key, unused_adapter_types
 
     unused = unused_adapter_types(model, [type_key(cls) for cls in spec.adapters])
     if unused:
@@ -187,7 +187,7 @@ def check_example_inputs(spec: ModelSpec, model: nn.Module, seed: int) -> None:
     __tracebackhide__ = True
     import torch
 
-    from pytest_tprune.measure import failing_module
+    from pytest_tprune.engine.measure import failing_module
 
     for batch in (1, 2):
         try:
@@ -261,8 +261,8 @@ def timm_spec(name: str, input_cap: int | None = None, pretrained: bool = False)
 
         return timm.create_model(name, pretrained=pretrained)
 
-    from pytest_tprune.known import known_failure, reduction_band
-    from pytest_tprune.zoo import representative_param_counts
+    from pytest_tprune.engine.known import known_failure, reduction_band
+    from pytest_tprune.engine.zoo import representative_param_counts
 
     band = reduction_band(name)
     return ModelSpec(

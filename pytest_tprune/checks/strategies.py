@@ -1,6 +1,6 @@
 """Hypothesis strategies for pruning configurations, and the command line that replays one.
 
-``prune_configs()`` draws :class:`~pytest_tprune.config.PruneConfig` values over
+``prune_configs()`` draws :class:`~pytest_tprune.engine.config.PruneConfig` values over
 every knob the engine exposes: the ratio, uniform (``local``) or global
 ranking, the importance criterion, ``round_to``, iterative steps and isomorphic
 ranking (only with global ranking, as torch-pruning requires). The draws are
@@ -13,7 +13,7 @@ would be typed, and :func:`reproduce_command` turns it into the ``tprune`` line
 that replays it from a shell::
 
     from hypothesis import given
-    from pytest_tprune.strategies import prune_configs, reproduce_command
+    from pytest_tprune.checks.strategies import prune_configs, reproduce_command
 
     @given(config=prune_configs(modes=("local",), importances=("l1", "l2")))
     def test_something(config):
@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from pytest_tprune.config import DEFAULT_SEED, IMPORTANCES, MODES, PruneConfig
+from pytest_tprune.engine.config import DEFAULT_SEED, IMPORTANCES, MODES, PruneConfig
 
 if TYPE_CHECKING:
     from hypothesis.strategies import DrawFn, SearchStrategy
@@ -122,5 +122,5 @@ def prune_configs(
 
 
 def reproduce_command(model: str, config: PruneConfig, seed: int = DEFAULT_SEED, device: str = "cpu") -> str:
-    """The ``tprune`` command line that prunes ``model`` with ``config`` (``config.cli_args()``)."""
-    return " ".join(["tprune", "--model", model, *config.cli_args(), "--seed", str(seed), "--device", device])
+    """The ``tprune`` command line that prunes ``model`` with ``config`` (:meth:`PruneConfig.reproduce_command`)."""
+    return config.reproduce_command(model, seed, device)

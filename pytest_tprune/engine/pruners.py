@@ -5,7 +5,9 @@ touches ``weight`` and ``bias``. A subclass with a per-output-channel parameter
 of its own (timm's ScaledStdConv2d ``gain``) then keeps a stale parameter and
 breaks in its forward. A pruner here extends the stock one to prune those too.
 
-Keys are dotted class paths, like adapters, so no timm import is needed here.
+Pruners are kept in a :class:`~pytest_tprune.engine.registry.TypeRegistry`
+with the adapters' lookup rule: a subclass of a registered class gets its
+pruner, as it gets its adapter.
 """
 
 from __future__ import annotations
@@ -13,35 +15,32 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from pytest_tprune.adapters import type_key
+from pytest_tprune.engine.registry import TypeRegistry
 
 if TYPE_CHECKING:
     from torch import nn
 
 PrunerFactory = Callable[[], Any]
 
-_REGISTRY: dict[str, PrunerFactory] = {}
+PRUNERS: TypeRegistry[PrunerFactory] = TypeRegistry()
 
 
 def register_pruner(*types: type | str) -> Callable[[PrunerFactory], PrunerFactory]:
     """Decorator registering a factory of a torch-pruning pruner for module types."""
-
-    def decorate(factory: PrunerFactory) -> PrunerFactory:
-        for cls in types:
-            _REGISTRY[type_key(cls)] = factory
-        return factory
-
-    return decorate
+    return PRUNERS.register(*types)
 
 
 def builtin_pruners(model: nn.Module) -> dict[type, Any]:
-    """``customized_pruners`` for the registered types present in ``model`` (fresh instances)."""
+    """``customized_pruners`` for every class of ``model`` that has a registered pruner (fresh instances).
+
+    torch-pruning matches ``customized_pruners`` by exact type, so each class
+    present is resolved through the registry's MRO rule and listed itself.
+    """
     found: dict[type, Any] = {}
-    for module in model.modules():
-        cls = type(module)
-        key = type_key(cls)
-        if key in _REGISTRY and cls not in found:
-            found[cls] = _REGISTRY[key]()
+    for cls in dict.fromkeys(type(module) for module in model.modules()):
+        factory = PRUNERS.lookup(cls)
+        if factory is not None:
+            found[cls] = factory()
     return found
 
 

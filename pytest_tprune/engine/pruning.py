@@ -1,9 +1,13 @@
 """The pruning recipe: the seed script's steps, kept working as timm changes.
 
-``prune()`` builds (or takes) a model, finds the layers to leave whole and the
-attention heads, prunes with fresh argument dicts, applies adapters, and
-measures. Every step is timed and a failure names its step, and the module
+``prune()`` builds (or takes) a model, makes the seed's pruner
+(:mod:`pytest_tprune.engine.recipe`), prunes group by group, applies adapters,
+and measures. Every step is timed and a failure names its step, and the module
 where one can be found, instead of surfacing a traceback from deep in torch.
+When pruning breaks the model, it prunes again from a fresh copy with more
+left whole (:func:`until_sound`). A caller that needs to see or steer each
+group (the property suite's recorder) passes ``observe``: it runs the same
+engine, not a copy of it.
 """
 
 from __future__ import annotations
@@ -14,217 +18,27 @@ import traceback
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from pytest_tprune.config import DEFAULT_SEED, PruneConfig
-from pytest_tprune.errors import PruneStepError, UsageError
-from pytest_tprune.left_whole import Culprit, LeftWhole, coupled_modules, failed_group, group_root
-from pytest_tprune.measure import failing_module, forward_with_flops, output_tensor, tp_counts
-from pytest_tprune.models import ModelSpec, build_model, check_adapters
+from pytest_tprune.engine.config import DEFAULT_SEED, PruneConfig
+from pytest_tprune.engine.left_whole import Culprit, LeftWhole, coupled_modules, failed_group
+from pytest_tprune.engine.measure import failing_module, forward_with_flops, output_tensor, tp_counts
+from pytest_tprune.engine.models import ModelSpec, build_model, check_adapters
+from pytest_tprune.engine.outcome import Baseline, GroupRecord, Pruned, PruneOutcome, module_lines, tensor_shapes
+from pytest_tprune.engine.recipe import make_pruner, resolve_device
+from pytest_tprune.engine.tp_internals import channel_groups, group_root, member_modules, removed_count
+from pytest_tprune.errors import PruneStepError
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
+GroupHook = Callable[[Any, Any, int], bool]
+"""``(pruner, group, step) -> prune it?``: sees every group the pruner yields, before it is pruned."""
 
-@dataclass
-class GroupRecord:
-    """What one pruned dependency group removed: enough to check the shape rule."""
-
-    root: str
-    direction: str  # "out" or "in": which dimension of the root was pruned
-    channels: int  # channels of the root's pruned dimension before this group was pruned
-    channel_groups: int  # torch-pruning's channel grouping (heads, group convs)
-    removed: int
-    members: list[str] = field(default_factory=list)
-    step: int = 1
-
-
-@dataclass
-class PruneOutcome:
-    """Everything a check needs about one pruned case, as plain data."""
-
-    model: str
-    config: dict[str, Any]
-    device: str
-    input_size: list[int]
-    modules_before: dict[str, str]
-    modules_after: dict[str, str]
-    shapes_before: dict[str, list[int]]
-    shapes_after: dict[str, list[int]]
-    macs_before: int
-    macs_after: int
-    params_before: int
-    params_after: int
-    flop_macs_before: int
-    flop_macs_after: int
-    output_shape_before: list[int]
-    output_shape_after: list[int]
-    ignored: list[str]
-    heads: dict[str, int]
-    groups: list[GroupRecord]
-    left_whole: list[LeftWhole]
-    """Groups torch-pruning could not prune consistently, left unpruned (see :mod:`pytest_tprune.left_whole`)."""
-    adapted: list[str]
-    warnings: list[str]
-    timings: dict[str, float]
-
-    @property
-    def prune_config(self) -> PruneConfig:
-        return PruneConfig.from_dict(self.config)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class Baseline:
-    """What the unpruned model measures: the same for every config of a model, seed and device.
-
-    Measuring it costs two forwards (one summing FLOP formulas, one traced by
-    torch-pruning's counter), so a caller that prunes one model with several
-    configs measures it once and passes it to :func:`prune`.
-    """
-
-    key: tuple[str, int, str]  # model, seed, device
-    tree: str
-    modules: dict[str, str]
-    shapes: dict[str, list[int]]
-    output: torch.Tensor
-    flop_macs: int
-    macs: int
-    params: int
-
-
-@dataclass
-class Pruned:
-    """The live result: the pruned model and what it takes to check it."""
-
-    model: nn.Module
-    inputs: torch.Tensor
-    outcome: PruneOutcome
-    baseline: Baseline
-    output: torch.Tensor
-    """The pruned model's eval output on ``inputs`` (from the counting pass, so checks need not rerun it)."""
-
-    @property
-    def base_output(self) -> torch.Tensor:
-        """The unpruned model's eval output on ``inputs``."""
-        return self.baseline.output
-
-    @property
-    def tree_before(self) -> str:
-        return self.baseline.tree
-
-    @property
-    def tree_after(self) -> str:
-        """The pruned model's repr, made on demand: only the command line prints it."""
-        return repr(self.model)
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when present; an absent CUDA device is a usage error."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cpu":
-        return "cpu"
-    if device == "cuda" or device.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise UsageError(f"device '{device}' requested but CUDA is not available: use --device cpu or auto")
-        index = int(device.split(":")[1]) if ":" in device and device.split(":")[1].isdigit() else 0
-        if index >= torch.cuda.device_count():
-            raise UsageError(f"device '{device}' does not exist: {torch.cuda.device_count()} CUDA device(s) present")
-        return device
-    raise UsageError(f"unknown device '{device}': use auto, cpu, cuda or cuda:N")
-
-
-def make_importance(name: str, seed: int) -> Any:
-    import torch_pruning as tp
-
-    if name == "l2":
-        return tp.importance.GroupMagnitudeImportance(p=2)
-    if name == "l1":
-        return tp.importance.GroupMagnitudeImportance(p=1)
-    if name == "lamp":
-        return tp.importance.LAMPImportance(p=2)
-    if name == "fpgm":
-        return tp.importance.FPGMImportance(p=2)
-    if name == "random":
-        return tp.importance.RandomImportance()
-    raise UsageError(f"unknown importance '{name}'")
-
-
-def _as_modules(value: Any) -> list[nn.Module]:
-    from torch import nn
-
-    if isinstance(value, nn.Module):
-        return [value]
-    if isinstance(value, (tuple, list)):
-        return [m for item in value for m in _as_modules(item)]
-    return []
-
-
-def classifier_layers(model: nn.Module) -> list[nn.Module]:
-    """The output layers to leave whole: their width is the number of classes.
-
-    Uses timm's ``get_classifier()`` (which may return several heads, e.g. a
-    distillation head) and the pretrained config's ``classifier`` names; falls
-    back to the last module with weights when neither names one.
-    """
-    found: list[nn.Module] = []
-    get_classifier = getattr(model, "get_classifier", None)
-    if callable(get_classifier):
-        found += _as_modules(get_classifier())
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    names = cfg.get("classifier") if isinstance(cfg, dict) else None
-    for name in [names] if isinstance(names, str) else list(names or []):
-        try:
-            found.append(model.get_submodule(name))
-        except AttributeError:
-            continue
-    found = [m for m in found if any(True for _ in m.parameters())]
-    if not found:
-        weighted = [m for m in model.modules() if getattr(m, "weight", None) is not None]
-        found = weighted[-1:]
-    unique: dict[int, nn.Module] = {id(m): m for m in found}
-    return list(unique.values())
-
-
-def attention_heads(model: nn.Module) -> dict[nn.Module, int]:
-    """Map each attention projection to its head count, for every module that has heads."""
-    from torch import nn
-
-    heads: dict[nn.Module, int] = {}
-    projections = (nn.Linear, nn.Conv2d)
-    for module in model.modules():
-        count = getattr(module, "num_heads", None)
-        if not isinstance(count, int) or count <= 0:
-            continue
-        kv_count = getattr(module, "num_kv_heads", None) or count
-        for attr, n in (("qkv", count), ("q", count), ("k", kv_count), ("v", kv_count), ("kv", kv_count)):
-            layer = getattr(module, attr, None)
-            if isinstance(layer, projections):
-                heads[layer] = int(n)
-    return heads
-
-
-def module_lines(model: nn.Module) -> dict[str, str]:
-    """One seed-style line per module holding tensors: ``Linear(in_features=..)``."""
-    lines = {}
-    for name, module in model.named_modules():
-        if any(True for _ in module.parameters(recurse=False)) or any(True for _ in module.buffers(recurse=False)):
-            lines[name] = f"{type(module).__name__}({module.extra_repr()})"
-    return lines
-
-
-def tensor_shapes(model: nn.Module) -> dict[str, list[int]]:
-    """Shapes of every parameter and floating buffer: catches what a repr omits."""
-    shapes = {name: list(p.shape) for name, p in model.named_parameters()}
-    shapes.update({name: list(b.shape) for name, b in model.named_buffers() if b.is_floating_point()})
-    return dict(sorted(shapes.items()))
+Observe = Callable[["nn.Module", Any], GroupHook]
+"""Called with the model and its fresh pruner at the start of every attempt; returns that attempt's hook."""
 
 
 class _Clock:
@@ -266,63 +80,25 @@ def _left_whole_note(left_whole: list[LeftWhole]) -> str | None:
     return f"after leaving {len(left_whole)} group(s) whole, first {first.root}: {first.reason}"
 
 
-def make_pruner(
-    model: nn.Module,
-    inputs: torch.Tensor,
-    spec: ModelSpec,
-    config: PruneConfig,
-    seed: int,
-    culprits: Sequence[Culprit] = (),
-) -> Any:
-    """A MetaPruner with fresh dicts: torch-pruning mutates its mutable defaults."""
-    ignored = spec.ignored_layers(model) if spec.ignored_layers else classifier_layers(model)
-    heads = dict(spec.num_heads(model)) if spec.num_heads else attention_heads(model)
-    unwrapped = list(spec.unwrapped_parameters(model)) if spec.unwrapped_parameters else None
-    from pytest_tprune.pruners import builtin_pruners
-
-    pruners = builtin_pruners(model)
-    if spec.customized_pruners:
-        pruners.update(spec.customized_pruners(model))
-    from pytest_tprune.left_whole import guarded_pruner
-
-    return guarded_pruner()(
-        model,
-        inputs,
-        importance=make_importance(config.importance, seed),
-        global_pruning=config.global_pruning,
-        pruning_ratio=config.ratio,
-        iterative_steps=config.iterative_steps,
-        ignored_layers=list(ignored),
-        round_to=config.round_to,
-        isomorphic=config.isomorphic,
-        num_heads=dict(heads),
-        in_channel_groups={},
-        out_channel_groups={},
-        unwrapped_parameters=unwrapped,
-        customized_pruners=pruners or None,
-        culprits=culprits,
-    )
-
-
 def _record_group(pruner: Any, group: Any, step: int) -> GroupRecord:
     graph = pruner.DG
     root, direction, channels = group_root(graph, group)
-    get_groups = getattr(pruner, "_get_channel_groups", None)
-    names = graph._module2name
-    members = sorted({names.get(d.target.module, "?") for d, _ in group})
     return GroupRecord(
         root=root,
         direction=direction,
         channels=channels,
-        channel_groups=int(get_groups(group)) if callable(get_groups) else 1,
-        removed=len(group[0].idxs),
-        members=members,
+        channel_groups=channel_groups(pruner, group),
+        removed=removed_count(group),
+        members=member_modules(graph, group),
         step=step,
     )
 
 
-def run_pruner(pruner: Any, steps: int, seed: int) -> list[GroupRecord]:
-    """Prune group by group, recording each; seeds the RNG random importance draws from."""
+def run_pruner(pruner: Any, steps: int, seed: int, on_group: GroupHook | None = None) -> list[GroupRecord]:
+    """Prune group by group, recording each; seeds the RNG random importance draws from.
+
+    ``on_group`` sees each group first; a group it declines is not pruned (nor recorded).
+    """
     import torch
 
     records = []
@@ -330,6 +106,8 @@ def run_pruner(pruner: Any, steps: int, seed: int) -> list[GroupRecord]:
         torch.manual_seed(seed)
         for step in range(1, steps + 1):
             for group in pruner.step(interactive=True):
+                if on_group is not None and not on_group(pruner, group, step):
+                    continue
                 records.append(_record_group(pruner, group, step))
                 prune_group(pruner, group)
     return records
@@ -421,6 +199,7 @@ def prune(
     seed: int = DEFAULT_SEED,
     model: nn.Module | ModelSource | None = None,
     baseline: Baseline | None = None,
+    observe: Observe | None = None,
 ) -> Pruned:
     """Prune one model with one config and measure it.
 
@@ -428,11 +207,13 @@ def prune(
     returns a fresh pristine copy each time it is called; without it the model
     is built from ``spec`` with ``seed``. When the pruned model's forward
     breaks, the model is pruned again from a fresh copy with the groups that
-    touch the modules that broke left whole (:func:`left_whole.coupled_modules`),
+    touch the modules that broke left whole (:func:`~pytest_tprune.engine.left_whole.coupled_modules`),
     so a caller passing a model pays one copy of it, and a caller passing a
     function none. ``baseline`` is the unpruned model's measurement from an
     earlier case of the same model, seed and device (``Pruned.baseline``); it
-    is measured when absent or when its key does not match.
+    is measured when absent or when its key does not match. ``observe`` is
+    called on every attempt with the model and its pruner, and returns the
+    :data:`GroupHook` that sees (and may decline) each group of that attempt.
     """
 
     target = resolve_device(device)
@@ -457,7 +238,7 @@ def prune(
         def prune_once(model: nn.Module, culprits: Sequence[Culprit]) -> _Attempt:
             nonlocal attempt_start
             attempt_start = len(caught)
-            return _prune_once(spec, config, seed, model, inputs, clock, culprits)
+            return _prune_once(spec, config, seed, model, inputs, clock, culprits, observe)
 
         attempt = until_sound(models, prune_once)
         live = attempt.model
@@ -554,6 +335,7 @@ def _prune_once(
     inputs: torch.Tensor,
     clock: _Clock,
     culprits: Sequence[Culprit],
+    observe: Observe | None = None,
 ) -> _Attempt:
     """Trace, prune, adapt and measure ``model`` in place, leaving whole what touches ``culprits``."""
     names = {m: n for n, m in model.named_modules()}
@@ -568,7 +350,8 @@ def _prune_once(
     heads = {names[m]: n for m, n in pruner.num_heads.items() if m in names}
     with clock.step("prune"):
         try:
-            groups = run_pruner(pruner, config.iterative_steps, seed)
+            on_group = observe(model, pruner) if observe is not None else None
+            groups = run_pruner(pruner, config.iterative_steps, seed, on_group)
         except Broke as failed:
             raise Broke(_fail("prune", spec, failed.error), failed.culprit) from failed.error
         except Exception as exc:
@@ -594,10 +377,9 @@ def _prune_once(
 
 
 def _adapt(model: nn.Module, spec: ModelSpec) -> list[str]:
-    from pytest_tprune.adapters import apply_adapters, type_key
+    from pytest_tprune.engine.adapters import apply_adapters
 
-    extra = {type_key(cls): fn for cls, fn in spec.adapters.items()}
-    return apply_adapters(model, extra)
+    return apply_adapters(model, spec.adapters)
 
 
 def _unique_messages(caught: list[warnings.WarningMessage]) -> list[str]:

@@ -11,14 +11,15 @@ concurrent reader never sees half a golden.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pytest_tprune.pruning import PruneOutcome
+from pytest_tprune.reports.atomic import write_text_atomic
+
+if TYPE_CHECKING:
+    from pytest_tprune.engine.outcome import PruneOutcome
 
 SCHEMA = 1
 FIGURES = ("params_before", "params_after", "macs_before", "macs_after", "flop_macs_before", "flop_macs_after")
@@ -27,19 +28,6 @@ DIFF_CAP = 20
 
 def golden_path(golden_dir: Path, model: str, config_id: str) -> Path:
     return golden_dir / model / f"{config_id}.json"
-
-
-def library_versions() -> dict[str, str]:
-    """Versions of the libraries whose behaviour a golden captures."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {}
-    for name in ("torch", "timm", "torch-pruning"):
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            found[name] = "absent"
-    return found
 
 
 def golden_content(outcome: PruneOutcome, versions: dict[str, str]) -> dict[str, Any]:
@@ -79,17 +67,8 @@ def dumps(content: dict[str, Any]) -> str:
 
 
 def write_golden(path: Path, content: dict[str, Any]) -> None:
-    """Write atomically: temp file in the same directory, then ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = dumps(content) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write atomically (:func:`~pytest_tprune.reports.atomic.write_text_atomic`): a crash leaves the old file."""
+    write_text_atomic(path, dumps(content) + "\n")
 
 
 def read_golden(path: Path) -> dict[str, Any]:

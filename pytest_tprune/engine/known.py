@@ -31,7 +31,7 @@ def _zoo_failures() -> dict[str, str]:
     import json
     from importlib import resources
 
-    text = resources.files("pytest_tprune").joinpath("data/known_zoo_failures.json").read_text(encoding="utf-8")
+    text = resources.files("pytest_tprune.engine").joinpath("data/known_zoo_failures.json").read_text(encoding="utf-8")
     return dict(json.loads(text)["failures"])
 
 

@@ -83,6 +83,10 @@ class PruneConfig:
             args.append("--isomorphic")
         return args
 
+    def reproduce_command(self, model: str, seed: int = DEFAULT_SEED, device: str = "cpu") -> str:
+        """The ``tprune`` command line that prunes ``model`` with this config, seed and device."""
+        return " ".join(["tprune", "--model", model, *self.cli_args(), "--seed", str(seed), "--device", device])
+
 
 def check_ratio(ratio: float) -> float:
     """Reject ratios torch-pruning cannot honour: 1.0 removes every channel."""

@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from pytest_tprune.pruning import GroupRecord, PruneOutcome
+from pytest_tprune.engine.pruning import GroupRecord, PruneOutcome
 
 
 def predicted_kept(channels: int, channel_groups: int, ratio: float, round_to: int | None) -> int:

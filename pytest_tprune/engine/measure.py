@@ -117,3 +117,28 @@ def failing_module(model: nn.Module, inputs: torch.Tensor) -> str | None:
         except Exception:
             return (stack[-1] or "<root>") if stack else None
     return None
+
+
+def unreached_parameters(model: nn.Module, inputs: Any, train: bool = False) -> frozenset[str]:
+    """Parameters a backward pass from the output does not reach, in eval or train mode.
+
+    Computed on the unpruned model too, so that parameters a model never uses
+    (e.g. an unused auxiliary head) are not blamed on pruning; the mode must
+    be the one the pruned model's backward ran in.
+    """
+    model.zero_grad(set_to_none=True)
+    model.train(train)
+    output_tensor(model(inputs)).float().sum().backward()
+    model.eval()
+    unreached = frozenset(n for n, p in model.named_parameters() if p.requires_grad and p.grad is None)
+    model.zero_grad(set_to_none=True)
+    return unreached
+
+
+def eval_output(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """The model's output tensor on ``inputs`` in eval mode, without autograd."""
+    import torch
+
+    model.eval()
+    with torch.no_grad():
+        return output_tensor(model(inputs)).detach()

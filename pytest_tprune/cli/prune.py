@@ -13,23 +13,14 @@ import argparse
 import difflib
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
 
-from pytest_tprune.config import DEFAULT_SEED, IMPORTANCES, PruneConfig, check_ratio
-from pytest_tprune.errors import PruneStepError, UsageError
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line, like every other error here."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"tprune: error: {message} (see 'tprune --help')\n")
+from pytest_tprune.cli.base import Parser, parse_or_status
+from pytest_tprune.engine.config import DEFAULT_SEED, IMPORTANCES, PruneConfig, check_ratio
+from pytest_tprune.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, PruneStepError, UsageError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="tprune", description="Prune a timm model with torch-pruning and show what changed.")
+    parser = Parser(prog="tprune", description="Prune a timm model with torch-pruning and show what changed.")
     add = parser.add_argument
     add(
         "--list_models",
@@ -89,7 +80,7 @@ def figures(macs: tuple[int, int], params: tuple[int, int]) -> str:
 
 
 def list_models(pattern: str) -> int:
-    from pytest_tprune.models import timm_model_names
+    from pytest_tprune.engine.models import timm_model_names
 
     names = timm_model_names(pattern or None)
     if not names:
@@ -143,8 +134,9 @@ def config_from_args(args: argparse.Namespace) -> PruneConfig:
 
 
 def run_prune(args: argparse.Namespace) -> int:
-    from pytest_tprune.models import timm_spec
-    from pytest_tprune.pruning import prune, resolve_device
+    from pytest_tprune.engine.models import timm_spec
+    from pytest_tprune.engine.pruning import prune
+    from pytest_tprune.engine.recipe import resolve_device
 
     check_ratio(args.pruning_ratio)
     config = config_from_args(args)
@@ -179,21 +171,11 @@ def run_prune(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["compare"]:
-        from pytest_tprune.compare import compare_main
-
-        return compare_main(argv[1:])
-    if argv[:1] == ["merge"]:
-        from pytest_tprune.compare import merge_main
-
-        return merge_main(argv[1:])
-    if argv[:1] == ["table"]:
-        from pytest_tprune.table import table_main
-
-        return table_main(argv[1:])
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str]) -> int:
+    """The seed's command line: prune one model and print what changed, or list timm's models."""
+    args = parse_or_status(build_parser(), argv)
+    if isinstance(args, int):
+        return args
     try:
         if args.list_models is not None:
             return list_models(args.list_models)

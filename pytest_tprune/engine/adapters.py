@@ -5,10 +5,9 @@ module whose ``forward`` reshapes with ``self.head_dim`` or views with
 ``self.shape`` breaks after pruning. An adapter is a small function registered
 for a module type that recomputes such attributes from the pruned weights.
 
-Keys are types or dotted class paths (``"timm.layers.attention.Attention"``):
-paths keep this module free of timm imports and make an adapter for a class
-that a timm release renamed simply not apply, instead of failing at import.
-The lookup walks the module's MRO, so subclasses inherit their parent's adapter.
+Adapters are kept in a :class:`~pytest_tprune.engine.registry.TypeRegistry`,
+whose lookup rule (the most specific class of the module's MRO) custom pruners
+share.
 """
 
 from __future__ import annotations
@@ -16,45 +15,27 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING
 
+from pytest_tprune.engine.registry import TypeRegistry, type_key, unmatched_keys
+
 if TYPE_CHECKING:
     from torch import nn
 
 Adapter = Callable[["nn.Module"], None]
 
-_REGISTRY: dict[str, Adapter] = {}
-
-
-def type_key(cls: type | str) -> str:
-    return cls if isinstance(cls, str) else f"{cls.__module__}.{cls.__qualname__}"
+ADAPTERS: TypeRegistry[Adapter] = TypeRegistry()
 
 
 def register_adapter(*types: type | str) -> Callable[[Adapter], Adapter]:
     """Decorator: ``@register_adapter(MyAttention)`` on ``def fix(module): ...``."""
-
-    def decorate(fn: Adapter) -> Adapter:
-        for cls in types:
-            _REGISTRY[type_key(cls)] = fn
-        return fn
-
-    return decorate
+    return ADAPTERS.register(*types)
 
 
-def find_adapter(module: nn.Module, extra: Mapping[str, Adapter] | None = None) -> Adapter | None:
-    """The adapter for the most specific registered class in ``module``'s MRO."""
-    for cls in type(module).__mro__:
-        key = type_key(cls)
-        if extra and key in extra:
-            return extra[key]
-        if key in _REGISTRY:
-            return _REGISTRY[key]
-    return None
-
-
-def apply_adapters(model: nn.Module, extra: Mapping[str, Adapter] | None = None) -> list[str]:
-    """Run every applicable adapter; returns the names of the modules adapted."""
+def apply_adapters(model: nn.Module, extra: Mapping[type | str, Adapter] | None = None) -> list[str]:
+    """Run every applicable adapter (``extra``: a model's own, by class or path); returns the modules adapted."""
+    own = {type_key(cls): fn for cls, fn in (extra or {}).items()}
     adapted = []
     for name, module in model.named_modules():
-        adapter = find_adapter(module, extra)
+        adapter = ADAPTERS.lookup(type(module), own)
         if adapter is not None:
             adapter(module)
             adapted.append(name)
@@ -63,8 +44,7 @@ def apply_adapters(model: nn.Module, extra: Mapping[str, Adapter] | None = None)
 
 def unused_adapter_types(model: nn.Module, keys: Iterable[str]) -> list[str]:
     """Registered keys that match no module of ``model`` (a likely typo downstream)."""
-    present = {type_key(cls) for m in model.modules() for cls in type(m).__mro__}
-    return sorted(key for key in keys if key not in present)
+    return unmatched_keys({type(m) for m in model.modules()}, keys)
 
 
 def _out_features(layer: object) -> int | None:

@@ -11,7 +11,7 @@ Sizes come from building on ``torch.device("meta")``: no weights are allocated,
 so counting every model takes seconds of CPU and no memory worth mentioning.
 Because that still means building 1400 models, the chosen representatives are
 cached in ``data/zoo_representatives.json`` with the timm version they were
-computed for; :func:`write_representatives` (or ``python -m pytest_tprune.zoo``)
+computed for; :func:`write_representatives` (or ``python -m pytest_tprune.engine.zoo``)
 refreshes it after a timm upgrade.
 """
 
@@ -22,7 +22,7 @@ import json
 import os
 import tempfile
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,12 @@ def families() -> dict[str, list[str]]:
         if names:
             found[module] = names
     return found
+
+
+def family_of(models: Iterable[str]) -> dict[str, str]:
+    """Model name -> its timm family, for those of ``models`` that timm knows."""
+    wanted = set(models)
+    return {name: family for family, names in families().items() for name in names if name in wanted}
 
 
 def meta_param_count(name: str) -> int | None:
@@ -169,7 +175,7 @@ def load_representatives(path: Path = CACHE_PATH, refresh: bool = False) -> dict
     if cached != installed:
         warnings.warn(
             f"{path} was computed for timm {cached}, timm {installed} is installed: "
-            "refresh it with 'python -m pytest_tprune.zoo'",
+            "refresh it with 'python -m pytest_tprune.engine.zoo'",
             stacklevel=2,
         )
     return {family: entry["model"] for family, entry in sorted(data["representatives"].items())}
@@ -182,7 +188,7 @@ def load_representative_params(path: Path = CACHE_PATH) -> dict[str, int | None]
 
 
 def main() -> None:
-    """Recompute the cache: ``python -m pytest_tprune.zoo``."""
+    """Recompute the cache: ``python -m pytest_tprune.engine.zoo``."""
     content = write_representatives()
     chosen = content["representatives"]
     print(f"wrote {len(chosen)} representatives for timm {content['timm_version']} to {CACHE_PATH}")

@@ -16,15 +16,13 @@ memory-guard skips, models with every group left whole) are the ones the
 plugin words itself; anything else keeps its first line, with the model's own
 name taken out so the same failure in two models is one cause.
 
-Only the standard library is imported here, and timm (lazily) to name the
-family of each model.
+Only the standard library is imported here: the caller names the family of
+each model (:func:`pytest_tprune.engine.zoo.family_of`).
 """
 
 from __future__ import annotations
 
-import argparse
 import re
-import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
@@ -32,18 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pytest_tprune.compare import (
-    EXIT_OK,
-    EXIT_USAGE,
-    Case,
-    ReportError,
-    SubcommandParser,
-    emit,
-    load_report,
-    merge_reports,
-    parse_or_status,
-)
-from pytest_tprune.report import write_text_atomic
+from pytest_tprune.reports.schema import Case
 
 NOT_TIMM = "(not a timm model)"
 KNOWN_PREFIX = "known failure: "
@@ -138,18 +125,6 @@ def cause_of(case: Case) -> Cause | None:
 
 
 # --- families -------------------------------------------------------------------------------------------------------
-
-
-def timm_families(models: set[str]) -> dict[str, str]:
-    """Model name -> timm module (its family), as ``timm.list_modules`` groups them."""
-    import timm
-
-    found: dict[str, str] = {}
-    for module in timm.list_modules():
-        for name in timm.list_models(module=module):
-            if name in models:
-                found[name] = module
-    return found
 
 
 def by_family(cases: list[Case], families: Mapping[str, str]) -> dict[str, list[Case]]:
@@ -269,18 +244,6 @@ def render(
 # --- command line ---------------------------------------------------------------------------------------------------
 
 
-def table_parser() -> argparse.ArgumentParser:
-    parser = SubcommandParser(
-        prog="tprune table",
-        description="Render pytest-tprune JSON run reports (e.g. the shards of a zoo run) "
-        "as a markdown prunability table by timm family.",
-    )
-    parser.add_argument("reports", nargs="+", metavar="REPORT.json", help="reports of one run (shards are merged)")
-    parser.add_argument("--title", default="Prunability by timm family", help="the page's heading")
-    parser.add_argument("--out", type=Path, help="write the page here (atomically) instead of to stdout")
-    return parser
-
-
 def written_date(document: Mapping[str, Any], paths: Sequence[str]) -> str:
     """The day the run finished (UTC), stable however often the page is rendered.
 
@@ -293,30 +256,3 @@ def written_date(document: Mapping[str, Any], paths: Sequence[str]) -> str:
         return finished[:10]
     newest = max(Path(path).stat().st_mtime for path in paths)
     return time.strftime("%Y-%m-%d", time.gmtime(newest))
-
-
-def table_main(argv: Sequence[str], families: Mapping[str, str] | None = None) -> int:
-    """``tprune table REPORT.json... [--title T] [--out F]``: 0 rendered, 2 bad input or an unwritable page."""
-    args = parse_or_status(table_parser(), argv)
-    if isinstance(args, int):
-        return args
-    try:
-        document, warning = merge_reports([load_report(path) for path in args.reports])
-    except ReportError as err:
-        print(f"tprune table: error: {err}", file=sys.stderr)
-        return EXIT_USAGE
-    if families is None:
-        families = timm_families({c["model"] for c in document["cases"]})
-    text = render(document, families, args.title, written_date(document, args.reports), partial=warning)
-    if warning:
-        print(f"tprune table: warning: {warning}", file=sys.stderr)
-    if args.out is None:
-        emit(text)
-        return EXIT_OK
-    try:
-        write_text_atomic(args.out, text)
-    except OSError as err:
-        print(f"tprune table: error: cannot write {args.out}: {err.strerror or err}", file=sys.stderr)
-        return EXIT_USAGE
-    emit(f"tprune table: {len(document['cases'])} case(s) -> {args.out}\n")
-    return EXIT_OK

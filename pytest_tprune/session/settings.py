@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_tprune.config import parse_modes, parse_ratios, split_list
+from pytest_tprune.engine.config import parse_modes, parse_ratios, split_list
 from pytest_tprune.errors import UsageError
 
 # (name, help, default, is_flag)
@@ -167,7 +167,7 @@ def parse_settings(config: pytest.Config) -> Settings:
 
 
 def parse_checks(text: str | None) -> tuple[str, ...]:
-    from pytest_tprune.case import CHECKS
+    from pytest_tprune.checks.case import CHECKS
 
     if text is None:
         return CHECKS

@@ -1,0 +1,296 @@
+"""One pruning case as the ``tprune_case`` fixture sees it, with one method per check.
+
+Each check raises :class:`~pytest_tprune.errors.CheckFailed` whose message
+starts with the check's name, so a failing test says exactly which property
+broke. Models are built once per worker and kept pristine
+(:data:`~pytest_tprune.engine.resources.STORE`); every case prunes a deep copy,
+because pruning mutates in place and a pruned model must never leak into the
+next case.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pytest_tprune.checks import expectations as exp
+from pytest_tprune.engine.config import DEFAULT_SEED, PruneConfig
+from pytest_tprune.engine.models import ModelSpec
+from pytest_tprune.engine.resources import STORE, peak_rss_mb, share_cores, time_limit
+from pytest_tprune.errors import CheckFailed
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from pytest_tprune.engine.outcome import Pruned, PruneOutcome
+
+CHECKS = ("forward", "shapes", "golden", "reduction")
+
+
+@dataclass
+class CaseSettings:
+    """The run-wide settings a case needs (a plain subset of the plugin's)."""
+
+    device: str = "cpu"
+    golden_dir: Path = Path("golden")
+    update_golden: bool = False
+    seed: int = DEFAULT_SEED
+    timeout: float | None = None
+    checks: tuple[str, ...] = CHECKS
+
+
+@dataclass
+class TpruneCase:
+    """A model x config case: prunes lazily, then checks on demand."""
+
+    spec: ModelSpec
+    config: PruneConfig
+    settings: CaseSettings
+    check_times: dict[str, float] = field(default_factory=dict)
+    golden_written: list[str] = field(default_factory=list)
+
+    def __repr__(self) -> str:
+        return f"<TpruneCase {self.case_id} on {self.settings.device}>"
+
+    @property
+    def case_id(self) -> str:
+        return f"{self.spec.name}-{self.config.config_id}"
+
+    def reproduce_command(self) -> str:
+        """The ``tprune`` command that prunes this case alone, seed and device included."""
+        return self.config.reproduce_command(self.spec.name, self.settings.seed, self.settings.device)
+
+    @property
+    def has_pruned(self) -> bool:
+        """Whether the prune ran to the end (its figures exist): a failed or timed-out one did not."""
+        return "pruned" in self.__dict__
+
+    @cached_property
+    def pruned(self) -> Pruned:
+        from pytest_tprune.engine.pruning import prune
+
+        share_cores()
+        with time_limit(self.settings.timeout, f"pruning {self.case_id}"):
+            start = time.perf_counter()
+            pristine = STORE.pristine(self.spec, self.settings.seed)
+            self.check_times["pristine"] = time.perf_counter() - start
+            device = self.settings.device
+            pruned = prune(
+                self.spec,
+                self.config,
+                device,
+                self.settings.seed,
+                model=lambda: copy.deepcopy(pristine.model),  # a retry after a broken forward takes another copy
+                baseline=pristine.baselines.get(device),
+            )
+            pristine.baselines[device] = pruned.baseline  # the next config of this model skips measuring it
+            return pruned
+
+    @property
+    def outcome(self) -> PruneOutcome:
+        return self.pruned.outcome
+
+    @property
+    def model(self) -> nn.Module:
+        """The pruned model."""
+        return self.pruned.model
+
+    @contextmanager
+    def _timed(self, check: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            with time_limit(self.settings.timeout, f"check '{check}' of {self.case_id}"):
+                yield
+        finally:
+            self.check_times[check] = self.check_times.get(check, 0.0) + time.perf_counter() - start
+
+    def _fail_on_problems(self, check: str, find: Callable[[], list[str]]) -> None:
+        """Prune first (under its own time limit), then run ``find`` timed; its problems fail ``check``."""
+        __tracebackhide__ = True
+        self.pruned  # noqa: B018
+        with self._timed(check):
+            problems = find()
+        if problems:
+            raise CheckFailed(check, "; ".join(problems))
+
+    # -- checks ---------------------------------------------------------------
+
+    def check_forward(self) -> None:
+        """Eval output at batch 1 has the unpruned shape and is finite; a train-mode forward at
+        batch 2 has the right shape, is finite, and its backward reaches every parameter the
+        unpruned model's train-mode backward reached."""
+        __tracebackhide__ = True
+        self._fail_on_problems("forward", self._forward_problems)
+
+    def _forward_problems(self) -> list[str]:
+        """Two passes, not four: the eval pass at batch 1 is the one counting already ran
+        (``Pruned.output``), and the train-mode pass at batch 2 also carries the backward."""
+        import torch
+
+        pruned = self.pruned
+        base_shape = list(pruned.base_output.shape)
+        problems = []
+        if self.outcome.output_shape_after != base_shape:
+            problems.append(f"eval output shape {self.outcome.output_shape_after} != unpruned {base_shape}")
+        if not torch.isfinite(pruned.output).all():
+            problems.append("eval output at batch 1 has non-finite values")
+        batch = self.spec.make_inputs(2, self.settings.seed).to(pruned.inputs.device)
+        return problems + self._train_problems(batch, [2, *base_shape[1:]])
+
+    def _train_problems(self, batch: Any, expected: list[int]) -> list[str]:
+        from pytest_tprune.engine.measure import output_tensor
+
+        model = self.pruned.model
+        model.zero_grad(set_to_none=True)
+        model.train()
+        try:
+            out = output_tensor(model(batch))
+            if list(out.shape) != expected:
+                return [f"train-mode output shape at batch 2 {list(out.shape)} != {expected}"]
+            problems = [] if out.isfinite().all() else ["train-mode output at batch 2 has non-finite values"]
+            out.float().sum().backward()
+        except Exception as exc:
+            return [f"train-mode forward/backward failed: {type(exc).__name__}: {exc}"]
+        finally:
+            model.eval()
+        missed = sorted(n for n, p in model.named_parameters() if p.requires_grad and p.grad is None)
+        model.zero_grad(set_to_none=True)
+        if missed:  # blame pruning only for what the unpruned model reaches
+            allowed = STORE.pristine(self.spec, self.settings.seed).unreached
+            missed = [n for n in missed if n not in allowed]
+        if missed:
+            problems.append(f"backward reaches no gradient to {len(missed)} parameter(s): {', '.join(missed[:5])}")
+        return problems
+
+    def check_shapes(self) -> None:
+        """Uniform mode: every pruned group removed what ratio and round_to predict;
+        ignored layers kept their output size."""
+        __tracebackhide__ = True
+        self.pruned  # noqa: B018 - prune first, under its own time limit
+        with self._timed("shapes"):
+            violations = exp.shape_violations(self.outcome)
+        if violations:
+            shown = "\n".join(f"  {v.group}: {v.detail}" for v in violations[:20])
+            more = f"\n  ... and {len(violations) - 20} more" if len(violations) > 20 else ""
+            raise CheckFailed("shapes", f"{len(violations)} group(s) break the shape rule:\n{shown}{more}")
+
+    def check_golden(self) -> None:
+        """Compare with (or, with --tprune-update-golden, write) the case's golden file."""
+        __tracebackhide__ = True
+        from pytest_tprune.checks import golden
+        from pytest_tprune.engine.identity import library_versions
+
+        self.pruned  # noqa: B018 - prune first, under its own time limit
+        with self._timed("golden"):
+            versions = library_versions()
+            content = golden.golden_content(self.outcome, versions)
+            path = golden.golden_path(self.settings.golden_dir, self.spec.name, self.config.config_id)
+            if self.settings.update_golden:
+                if not golden.same_content(path, content):
+                    try:
+                        golden.write_golden(path, content)  # atomic: a failed write leaves no file behind
+                    except OSError as exc:
+                        raise CheckFailed(
+                            "golden",
+                            f"cannot write golden {path}: {type(exc).__name__}: {exc}; existing goldens untouched "
+                            "(make the golden directory writable or point --tprune-golden-dir elsewhere)",
+                        ) from None
+                    self.golden_written.append(str(path))
+                return
+            if not path.exists():
+                raise CheckFailed(
+                    "golden",
+                    f"golden file {path} is missing: create it with "
+                    f"'pytest --tprune-update-golden -k \"{self.case_id}\"' and review it before committing",
+                )
+            expected = golden.read_golden(path)
+            diff = golden.diff_golden(expected, content)
+        if diff:
+            raise CheckFailed(
+                "golden",
+                f"{self.case_id} differs from {path}:\n{golden.render_diff(diff, expected, versions)}\n"
+                "if the change is intended, rewrite it with --tprune-update-golden and review the diff",
+            )
+
+    def check_reduction(self) -> None:
+        """Params and MACs strictly decrease for ratio > 0 and stay in the rule's band."""
+        __tracebackhide__ = True
+        self._fail_on_problems("reduction", self._reduction_problems)
+
+    def _reduction_problems(self) -> list[str]:
+        out = self.outcome
+        problems = []
+        pairs = {
+            "params": (out.params_before, out.params_after),
+            "MACs (torch-pruning)": (out.macs_before, out.macs_after),
+            "MACs (FlopCounterMode)": (out.flop_macs_before, out.flop_macs_after),
+        }
+        for what, (before, after) in pairs.items():
+            if self.config.ratio > 0 and not after < before:
+                problems.append(f"{what} did not decrease: {before} => {after}")
+            if self.config.ratio == 0 and after != before:
+                problems.append(f"{what} changed at ratio 0: {before} => {after}")
+        band = exp.param_band(out, self.spec.reduction_band, self.spec.reduction_band_reason)
+        if band is not None:
+            kept = (
+                exp.fraction(out.params_after, out.params_before)
+                if self.spec.reduction_band
+                else exp.pruned_param_fraction(out)
+            )
+            if kept is not None and not band.contains(kept):
+                problems.append(f"{band.what} {kept:.4f} outside [{band.low:.4f}, {band.high:.4f}] ({band.reason})")
+        macs = exp.mac_band(out)
+        kept_macs = exp.fraction(out.flop_macs_after, out.flop_macs_before)
+        if macs is not None and not self.spec.reduction_band and not macs.contains(kept_macs):
+            problems.append(f"{macs.what} {kept_macs:.4f} outside [{macs.low:.4f}, {macs.high:.4f}] ({macs.reason})")
+        return problems
+
+    def check_all(self) -> None:
+        """Every configured check, in order: forward validity, shape rule, golden, reduction."""
+        __tracebackhide__ = True
+        for check in self.settings.checks:
+            getattr(self, f"check_{check}")()
+
+    def report_row(self) -> dict[str, Any]:
+        """What the case reports: its figures when the prune ran to the end, else what it used."""
+        return self.summary_row() if self.has_pruned else self.resources_row()
+
+    def resources_row(self) -> dict[str, Any]:
+        """What a case that stopped before its figures still reports: memory, worker, durations."""
+        return {
+            "peak_rss_mb": peak_rss_mb(),
+            "worker": os.environ.get("PYTEST_XDIST_WORKER", "main"),
+            "durations": {k: round(v, 4) for k, v in self.check_times.items()},
+        }
+
+    def summary_row(self) -> dict[str, Any]:
+        """The figures of this case for the terminal table and the JSON report."""
+        out = self.outcome
+        kept_params = exp.fraction(out.params_after, out.params_before)
+        kept_macs = exp.fraction(out.macs_after, out.macs_before)
+        kept_flops = exp.fraction(out.flop_macs_after, out.flop_macs_before)
+        return {
+            "params_before": out.params_before,
+            "params_after": out.params_after,
+            "macs_before": out.macs_before,
+            "macs_after": out.macs_after,
+            "flop_macs_before": out.flop_macs_before,
+            "flop_macs_after": out.flop_macs_after,
+            "kept_params": round(kept_params, 6),
+            "kept_macs": round(kept_macs, 6),
+            "kept_flop_macs": round(kept_flops, 6),
+            "counter_disagreement": round(kept_macs - kept_flops, 6),
+            "groups_pruned": len(out.groups),
+            "groups_left_whole": len(out.left_whole),
+            "device": out.device,
+            "peak_rss_mb": peak_rss_mb(),
+            "worker": os.environ.get("PYTEST_XDIST_WORKER", "main"),
+            "durations": {**out.timings, **{k: round(v, 4) for k, v in self.check_times.items()}},
+        }

@@ -1,0 +1,129 @@
+"""The report sub-commands: ``tprune compare``, ``tprune merge`` and ``tprune table``.
+
+Each parses its arguments, calls :mod:`pytest_tprune.reports`, and turns a
+:class:`~pytest_tprune.reports.schema.ReportError` into one line and exit
+status 2. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from pytest_tprune.cli.base import Parser, emit, fail, parse_or_status
+from pytest_tprune.errors import EXIT_OK
+from pytest_tprune.reports.compare import DEFAULT_DURATION_FACTOR, FORMATS, MIN_DURATION_DELTA, compare_reports
+from pytest_tprune.reports.schema import ReportError, load_report
+
+
+def compare_parser() -> argparse.ArgumentParser:
+    parser = Parser(
+        prog="tprune compare",
+        description="Compare two pytest-tprune JSON run reports "
+        "(exit 1 when a case newly fails or disappeared, 2 for bad input).",
+    )
+    parser.add_argument("old", metavar="OLD.json", help="the baseline report (e.g. the pinned library versions)")
+    parser.add_argument("new", metavar="NEW.json", help="the report to check (e.g. the upgraded libraries)")
+    parser.add_argument("--format", choices=FORMATS, default="text", help="text (default), markdown or json")
+    parser.add_argument(
+        "--duration-threshold",
+        type=float,
+        default=DEFAULT_DURATION_FACTOR,
+        metavar="FACTOR",
+        help=f"report cases this many times slower or faster, by at least {MIN_DURATION_DELTA:g} s "
+        f"(default {DEFAULT_DURATION_FACTOR:g})",
+    )
+    return parser
+
+
+def compare_main(argv: Sequence[str]) -> int:
+    """``tprune compare OLD.json NEW.json [--format F] [--duration-threshold X]``: 0, 1 regressed, 2 bad input."""
+    from pytest_tprune.reports.render import RENDERERS
+
+    args = parse_or_status(compare_parser(), argv)
+    if isinstance(args, int):
+        return args
+    if not args.duration_threshold > 1 or math.isinf(args.duration_threshold):
+        return fail("tprune compare", f"--duration-threshold must be a factor above 1, got {args.duration_threshold:g}")
+    try:
+        comparison = compare_reports(load_report(args.old), load_report(args.new), args.duration_threshold)
+    except ReportError as err:
+        return fail("tprune compare", str(err))
+    emit(RENDERERS[args.format](comparison))
+    return comparison.exit_status
+
+
+def merge_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="tprune merge", description="Merge the JSON reports of the shards of one run.")
+    parser.add_argument("out", metavar="OUT.json", help="the merged report to write")
+    parser.add_argument("inputs", nargs="+", metavar="IN.json", help="shard reports (--tprune-shard K/N) of one run")
+    return parser
+
+
+def merge_main(argv: Sequence[str]) -> int:
+    """``tprune merge OUT.json IN.json...``: 0 written, 2 bad or inconsistent input."""
+    from pytest_tprune.reports.atomic import write_json_atomic
+    from pytest_tprune.reports.merge import merge_reports
+
+    args = parse_or_status(merge_parser(), argv)
+    if isinstance(args, int):
+        return args
+    try:
+        reports = [load_report(path) for path in args.inputs]
+        document, warning = merge_reports(reports)
+    except ReportError as err:
+        return fail("tprune merge", str(err))
+    try:
+        write_json_atomic(Path(args.out), document)
+    except OSError as err:
+        return fail("tprune merge", f"cannot write {args.out}: {err.strerror or err}")
+    if warning:
+        print(f"tprune merge: warning: {warning}", file=sys.stderr)
+    emit(f"tprune merge: {len(reports)} report(s), {len(document['cases'])} case(s) -> {args.out}\n")
+    return EXIT_OK
+
+
+def table_parser() -> argparse.ArgumentParser:
+    parser = Parser(
+        prog="tprune table",
+        description="Render pytest-tprune JSON run reports (e.g. the shards of a zoo run) "
+        "as a markdown prunability table by timm family.",
+    )
+    parser.add_argument("reports", nargs="+", metavar="REPORT.json", help="reports of one run (shards are merged)")
+    parser.add_argument("--title", default="Prunability by timm family", help="the page's heading")
+    parser.add_argument("--out", type=Path, help="write the page here (atomically) instead of to stdout")
+    return parser
+
+
+def table_main(argv: Sequence[str], families: Mapping[str, str] | None = None) -> int:
+    """``tprune table REPORT.json... [--title T] [--out F]``: 0 rendered, 2 bad input or an unwritable page."""
+    from pytest_tprune.reports.atomic import write_text_atomic
+    from pytest_tprune.reports.merge import merge_reports
+    from pytest_tprune.reports.table import render, written_date
+
+    args = parse_or_status(table_parser(), argv)
+    if isinstance(args, int):
+        return args
+    try:
+        document, warning = merge_reports([load_report(path) for path in args.reports])
+    except ReportError as err:
+        return fail("tprune table", str(err))
+    if families is None:
+        from pytest_tprune.engine.zoo import family_of
+
+        families = family_of(c["model"] for c in document["cases"])
+    text = render(document, families, args.title, written_date(document, args.reports), partial=warning)
+    if warning:
+        print(f"tprune table: warning: {warning}", file=sys.stderr)
+    if args.out is None:
+        emit(text)
+        return EXIT_OK
+    try:
+        write_text_atomic(args.out, text)
+    except OSError as err:
+        return fail("tprune table", f"cannot write {args.out}: {err.strerror or err}")
+    emit(f"tprune table: {len(document['cases'])} case(s) -> {args.out}\n")
+    return EXIT_OK

@@ -1,0 +1,129 @@
+"""What a prune produces, as plain data and as the live result.
+
+:class:`PruneOutcome` is what every check reads and what goldens, reports and
+xdist carry (a dataclass of plain values); :class:`Pruned` adds the live pruned
+model and tensors a check needs but a file cannot hold.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pytest_tprune.engine.config import PruneConfig
+from pytest_tprune.engine.left_whole import LeftWhole
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+
+@dataclass
+class GroupRecord:
+    """What one pruned dependency group removed: enough to check the shape rule."""
+
+    root: str
+    direction: str  # "out" or "in": which dimension of the root was pruned
+    channels: int  # channels of the root's pruned dimension before this group was pruned
+    channel_groups: int  # torch-pruning's channel grouping (heads, group convs)
+    removed: int
+    members: list[str] = field(default_factory=list)
+    step: int = 1
+
+
+@dataclass
+class PruneOutcome:
+    """Everything a check needs about one pruned case, as plain data."""
+
+    model: str
+    config: dict[str, Any]
+    device: str
+    input_size: list[int]
+    modules_before: dict[str, str]
+    modules_after: dict[str, str]
+    shapes_before: dict[str, list[int]]
+    shapes_after: dict[str, list[int]]
+    macs_before: int
+    macs_after: int
+    params_before: int
+    params_after: int
+    flop_macs_before: int
+    flop_macs_after: int
+    output_shape_before: list[int]
+    output_shape_after: list[int]
+    ignored: list[str]
+    heads: dict[str, int]
+    groups: list[GroupRecord]
+    left_whole: list[LeftWhole]
+    """Groups torch-pruning could not prune consistently, left unpruned (see :mod:`pytest_tprune.engine.left_whole`)."""
+    adapted: list[str]
+    warnings: list[str]
+    timings: dict[str, float]
+
+    @property
+    def prune_config(self) -> PruneConfig:
+        return PruneConfig.from_dict(self.config)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """What the unpruned model measures: the same for every config of a model, seed and device.
+
+    Measuring it costs two forwards (one summing FLOP formulas, one traced by
+    torch-pruning's counter), so a caller that prunes one model with several
+    configs measures it once and passes it to :func:`prune`.
+    """
+
+    key: tuple[str, int, str]  # model, seed, device
+    tree: str
+    modules: dict[str, str]
+    shapes: dict[str, list[int]]
+    output: torch.Tensor
+    flop_macs: int
+    macs: int
+    params: int
+
+
+@dataclass
+class Pruned:
+    """The live result: the pruned model and what it takes to check it."""
+
+    model: nn.Module
+    inputs: torch.Tensor
+    outcome: PruneOutcome
+    baseline: Baseline
+    output: torch.Tensor
+    """The pruned model's eval output on ``inputs`` (from the counting pass, so checks need not rerun it)."""
+
+    @property
+    def base_output(self) -> torch.Tensor:
+        """The unpruned model's eval output on ``inputs``."""
+        return self.baseline.output
+
+    @property
+    def tree_before(self) -> str:
+        return self.baseline.tree
+
+    @property
+    def tree_after(self) -> str:
+        """The pruned model's repr, made on demand: only the command line prints it."""
+        return repr(self.model)
+
+
+def module_lines(model: nn.Module) -> dict[str, str]:
+    """One seed-style line per module holding tensors: ``Linear(in_features=..)``."""
+    lines = {}
+    for name, module in model.named_modules():
+        if any(True for _ in module.parameters(recurse=False)) or any(True for _ in module.buffers(recurse=False)):
+            lines[name] = f"{type(module).__name__}({module.extra_repr()})"
+    return lines
+
+
+def tensor_shapes(model: nn.Module) -> dict[str, list[int]]:
+    """Shapes of every parameter and floating buffer: catches what a repr omits."""
+    shapes = {name: list(p.shape) for name, p in model.named_parameters()}
+    shapes.update({name: list(b.shape) for name, b in model.named_buffers() if b.is_floating_point()})
+    return dict(sorted(shapes.items()))

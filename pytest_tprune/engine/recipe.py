@@ -1,0 +1,148 @@
+"""The seed recipe's arguments: the device, the importance, the layers to leave out, the heads.
+
+:func:`make_pruner` builds the pruner exactly as the seed script does, with
+fresh argument dicts (torch-pruning mutates its mutable defaults), the layers
+a model must keep (its classifier) and the head count of every attention
+projection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from pytest_tprune.engine.config import PruneConfig
+from pytest_tprune.engine.models import ModelSpec
+from pytest_tprune.errors import UsageError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from pytest_tprune.engine.left_whole import Culprit
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when present; an absent CUDA device is a usage error."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        return "cpu"
+    if device == "cuda" or device.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise UsageError(f"device '{device}' requested but CUDA is not available: use --device cpu or auto")
+        index = int(device.split(":")[1]) if ":" in device and device.split(":")[1].isdigit() else 0
+        if index >= torch.cuda.device_count():
+            raise UsageError(f"device '{device}' does not exist: {torch.cuda.device_count()} CUDA device(s) present")
+        return device
+    raise UsageError(f"unknown device '{device}': use auto, cpu, cuda or cuda:N")
+
+
+def make_importance(name: str, seed: int) -> Any:
+    import torch_pruning as tp
+
+    if name == "l2":
+        return tp.importance.GroupMagnitudeImportance(p=2)
+    if name == "l1":
+        return tp.importance.GroupMagnitudeImportance(p=1)
+    if name == "lamp":
+        return tp.importance.LAMPImportance(p=2)
+    if name == "fpgm":
+        return tp.importance.FPGMImportance(p=2)
+    if name == "random":
+        return tp.importance.RandomImportance()
+    raise UsageError(f"unknown importance '{name}'")
+
+
+def _as_modules(value: Any) -> list[nn.Module]:
+    from torch import nn
+
+    if isinstance(value, nn.Module):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [m for item in value for m in _as_modules(item)]
+    return []
+
+
+def classifier_layers(model: nn.Module) -> list[nn.Module]:
+    """The output layers to leave whole: their width is the number of classes.
+
+    Uses timm's ``get_classifier()`` (which may return several heads, e.g. a
+    distillation head) and the pretrained config's ``classifier`` names; falls
+    back to the last module with weights when neither names one.
+    """
+    found: list[nn.Module] = []
+    get_classifier = getattr(model, "get_classifier", None)
+    if callable(get_classifier):
+        found += _as_modules(get_classifier())
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    names = cfg.get("classifier") if isinstance(cfg, dict) else None
+    for name in [names] if isinstance(names, str) else list(names or []):
+        try:
+            found.append(model.get_submodule(name))
+        except AttributeError:
+            continue
+    found = [m for m in found if any(True for _ in m.parameters())]
+    if not found:
+        weighted = [m for m in model.modules() if getattr(m, "weight", None) is not None]
+        found = weighted[-1:]
+    unique: dict[int, nn.Module] = {id(m): m for m in found}
+    return list(unique.values())
+
+
+def attention_heads(model: nn.Module) -> dict[nn.Module, int]:
+    """Map each attention projection to its head count, for every module that has heads."""
+    from torch import nn
+
+    heads: dict[nn.Module, int] = {}
+    projections = (nn.Linear, nn.Conv2d)
+    for module in model.modules():
+        count = getattr(module, "num_heads", None)
+        if not isinstance(count, int) or count <= 0:
+            continue
+        kv_count = getattr(module, "num_kv_heads", None) or count
+        for attr, n in (("qkv", count), ("q", count), ("k", kv_count), ("v", kv_count), ("kv", kv_count)):
+            layer = getattr(module, attr, None)
+            if isinstance(layer, projections):
+                heads[layer] = int(n)
+    return heads
+
+
+def make_pruner(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    spec: ModelSpec,
+    config: PruneConfig,
+    seed: int,
+    culprits: Sequence[Culprit] = (),
+) -> Any:
+    """A MetaPruner with fresh dicts: torch-pruning mutates its mutable defaults."""
+    ignored = spec.ignored_layers(model) if spec.ignored_layers else classifier_layers(model)
+    heads = dict(spec.num_heads(model)) if spec.num_heads else attention_heads(model)
+    unwrapped = list(spec.unwrapped_parameters(model)) if spec.unwrapped_parameters else None
+    from pytest_tprune.engine.pruners import builtin_pruners
+
+    pruners = builtin_pruners(model)
+    if spec.customized_pruners:
+        pruners.update(spec.customized_pruners(model))
+    from pytest_tprune.engine.left_whole import guarded_pruner
+
+    return guarded_pruner()(
+        model,
+        inputs,
+        importance=make_importance(config.importance, seed),
+        global_pruning=config.global_pruning,
+        pruning_ratio=config.ratio,
+        iterative_steps=config.iterative_steps,
+        ignored_layers=list(ignored),
+        round_to=config.round_to,
+        isomorphic=config.isomorphic,
+        num_heads=dict(heads),
+        in_channel_groups={},
+        out_channel_groups={},
+        unwrapped_parameters=unwrapped,
+        customized_pruners=pruners or None,
+        culprits=culprits,
+    )

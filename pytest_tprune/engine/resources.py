@@ -1,0 +1,213 @@
+"""Process resources of a worker: pristine models, memory, CPU cores and time limits.
+
+A worker prunes many cases one after another, so it keeps the pristine model
+of the model it is on (cases are sorted by model), gives torch its share of
+the cores, releases memory between large models, skips up front a model it
+cannot hold, and interrupts a case stuck in a loop. None of this is pytest's
+business, so the plugin and benchmarks share it.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pytest_tprune.engine.measure import unreached_parameters
+from pytest_tprune.engine.models import ModelSpec, build_model
+from pytest_tprune.errors import CaseTimeout
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from pytest_tprune.engine.outcome import Baseline
+
+
+@dataclass
+class Pristine:
+    """A worker's unpruned copy of one model and what every config of it shares (its baselines)."""
+
+    key: tuple[str, int]
+    model: nn.Module
+    spec: ModelSpec
+    baselines: dict[str, Baseline] = field(default_factory=dict)  # by device
+    _unreached: frozenset[str] | None = None
+
+    @property
+    def unreached(self) -> frozenset[str]:
+        """Parameters the unpruned model's backward does not reach, probed on first use.
+
+        Only a case whose pruned model leaves some parameter without a gradient
+        needs this, so most models never pay for the probe's copy, forward and
+        backward.
+        """
+        if self._unreached is None:
+            # Probe a copy: a forward leaves caches of non-leaf tensors in some models
+            # (attention-bias caches), and those cannot be deep-copied afterwards.
+            inputs = self.spec.make_inputs(2, self.key[1])
+            self._unreached = unreached_parameters(copy.deepcopy(self.model), inputs, train=True)
+        return self._unreached
+
+
+RELEASE_ABOVE_PARAMS = 10_000_000
+"""Switching away from a model this large runs :func:`release_memory` (about 0.2 s with torch
+loaded); smaller models leave too little behind to be worth it."""
+
+
+class ModelStore:
+    """Keeps the most recently built pristine model of this worker.
+
+    One entry suffices because cases are sorted by model, and it bounds a
+    worker's memory to the largest model rather than the sum of all.
+    """
+
+    def __init__(self) -> None:
+        self._entry: Pristine | None = None
+        self.builds = 0
+
+    def pristine(self, spec: ModelSpec, seed: int) -> Pristine:
+        key = (spec.name, seed)
+        if self._entry is None or self._entry.key != key:
+            previous, self._entry = self._entry, None  # release the previous model before building the next
+            if previous is not None and sum(p.numel() for p in previous.model.parameters()) > RELEASE_ABOVE_PARAMS:
+                del previous
+                release_memory()
+            self._entry = Pristine(key, build_model(spec, seed), spec)
+            self.builds += 1
+        return self._entry
+
+    def clear(self) -> None:
+        self._entry = None
+
+
+STORE = ModelStore()
+
+
+def release_memory() -> None:
+    """Collect garbage and hand freed heap back to the OS, between models and after failed cases.
+
+    torch-pruning's dependency graph is full of reference cycles, which only
+    the cyclic collector frees; a case that times out leaves gigabytes of them
+    behind. And glibc keeps freed memory in its arenas, so without a trim a
+    worker's resident size ratchets up with every large model it has seen.
+    """
+    import contextlib
+    import ctypes
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+@functools.cache
+def share_cores() -> int:
+    """Give this process its share of the CPU cores for torch's intra-op threads.
+
+    torch sizes its thread pool to every core of the machine, so ``-n 2`` on
+    2 cores runs 4 busy threads and each worker slows the other. Once per
+    process, the first time a case runs, a worker gets ``cores // workers``
+    threads (at least 1). An explicit ``OMP_NUM_THREADS`` wins.
+    """
+    import torch
+
+    if os.environ.get("OMP_NUM_THREADS"):
+        return torch.get_num_threads()
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = max(1, cores // max(workers, 1))
+    if threads < torch.get_num_threads():
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
+def peak_rss_mb() -> float | None:
+    """This process's peak resident memory so far (a worker's high-water mark)."""
+    try:
+        import resource
+    except ImportError:  # not on POSIX
+        return None
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+BYTES_PER_PARAM = 24
+"""Peak bytes per parameter of one case: pristine model, pruned copy, gradients and
+torch-pruning's graph (measured: convnext_xxlarge, 846 M parameters, peaks near 10 GB
+for the bare prune; the checks' backward adds the rest)."""
+
+
+def memory_budget_bytes() -> int | None:
+    """Physical memory divided among the xdist workers sharing it."""
+    import os
+
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    return total // max(workers, 1)
+
+
+_TOO_BIG: dict[tuple[str, float | None], str | None] = {}
+
+
+def too_big_reason(spec: ModelSpec, max_params: float | None = None) -> str | None:
+    """Why a model must be skipped up front, or None: over ``--tprune-max-params``, or more than
+    this worker can hold (rather than be killed by the OOM killer). Decided once per model and process."""
+    key = (spec.name, max_params)
+    if key not in _TOO_BIG:
+        _TOO_BIG[key] = _too_big(spec, max_params)
+    return _TOO_BIG[key]
+
+
+def _too_big(spec: ModelSpec, max_params: float | None) -> str | None:
+    from pytest_tprune.engine.models import meta_param_count
+
+    count = meta_param_count(spec)
+    if count is None:
+        return None
+    if max_params is not None and count > max_params:
+        return f"{spec.name} has {count / 1e6:.1f} M parameters, over --tprune-max-params={max_params:g}"
+    budget = memory_budget_bytes()
+    if budget is None or count * BYTES_PER_PARAM <= budget:
+        return None
+    return (
+        f"{spec.name}: {count / 1e6:.0f} M parameters need about {count * BYTES_PER_PARAM / 2**30:.1f} GiB, "
+        f"over this worker's share of memory ({budget / 2**30:.1f} GiB); run it with fewer workers"
+    )
+
+
+@contextmanager
+def time_limit(seconds: float | None, what: str) -> Iterator[None]:
+    """Interrupt a case stuck in a Python loop (e.g. a dependency-graph hang).
+
+    Uses SIGALRM, so it works on POSIX main threads (pytest and xdist workers
+    run tests there) and is a no-op elsewhere.
+    """
+    usable = seconds and hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+    if not usable:
+        yield
+        return
+
+    def expire(_signum: int, _frame: Any) -> None:
+        raise CaseTimeout(f"{what} ran past the per-case time limit of {seconds:g} s (--tprune-timeout)")
+
+    previous_handler = signal.getsignal(signal.SIGALRM)
+    previous_timer = signal.getitimer(signal.ITIMER_REAL)
+    if previous_timer[0] and previous_timer[0] < float(seconds):  # type: ignore[arg-type]
+        yield  # an enclosing limit expires first: let it rule
+        return
+    signal.signal(signal.SIGALRM, expire)
+    # Re-fire every second after expiry, in case library code swallowed the first one.
+    signal.setitimer(signal.ITIMER_REAL, float(seconds), 1.0)  # type: ignore[arg-type]
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous_handler)

@@ -1,0 +1,319 @@
+"""Render a :class:`~pytest_tprune.reports.compare.Comparison` as text, markdown or JSON."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from pytest_tprune.reports.compare import (
+    COMPARE_SCHEMA,
+    FIGURE_LABELS,
+    GROUPS,
+    MIN_DURATION_DELTA,
+    SUMMARY_WORDS,
+    CaseChange,
+    Comparison,
+    DurationChange,
+    FiguresChange,
+)
+from pytest_tprune.reports.schema import Case
+
+# --- formatting helpers ---------------------------------------------------------------------------------------------
+
+
+def describe(case: Case | None) -> str:
+    """An outcome as shown: ``failed (golden)``, ``passed``, ``absent``."""
+    if case is None:
+        return "absent"
+    check = case.get("failed_check")
+    return f"{case['outcome']} ({check})" if check else case["outcome"]
+
+
+def one_line(text: Any, limit: int = 160) -> str:
+    """A reason on one line, shortened to ``limit`` characters."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def case_reason(case: CaseChange) -> str | None:
+    """The reason worth showing: the new row's, else (for a disappeared case) the old one's."""
+    row = case.new if case.new is not None else case.old
+    reason = row.get("reason") if row is not None else None
+    return one_line(reason) if reason else None
+
+
+def fmt_value(value: Any) -> str:
+    """An environment or settings value: None reads as 'none'."""
+    if value is None:
+        return "none"
+    if isinstance(value, list | tuple):
+        return ",".join(fmt_value(v) for v in value)
+    return str(value)
+
+
+def fmt_figure(value: float) -> str:
+    """A figure exactly, with thousands separators: 11,689,512."""
+    return f"{value:,.0f}" if value == int(value) else f"{value:,.4f}"
+
+
+def fmt_relative(value: float) -> str:
+    """A relative change as a signed percentage; 'new' when the old value was zero."""
+    if math.isinf(value):
+        return "new"
+    text = f"{value:+.2%}"
+    return f"{value * 100:+.2g}%" if text in ("+0.00%", "-0.00%") else text
+
+
+def fmt_factor(change: DurationChange) -> str:
+    """``4.67x slower`` or ``3.10x faster``."""
+    if change.new >= change.old:
+        return "slower (was 0 s)" if change.old == 0 else f"{change.factor:.2f}x slower"
+    return "faster" if change.new == 0 else f"{1 / change.factor:.2f}x faster"
+
+
+def fmt_step(change: DurationChange) -> str:
+    return f"most in {change.step}: {change.step_delta:+.2f} s" if change.step else ""
+
+
+def environment_line(comparison: Comparison, quote: Callable[[str], str] = str) -> str:
+    """``timm 1.0.29 -> 1.0.31, torch-pruning 1.6.0 -> 1.6.1``, or 'unchanged'."""
+    parts = [f"{n} {quote(fmt_value(o))} -> {quote(fmt_value(v))}" for n, o, v in comparison.environment]
+    return ", ".join(parts) if parts else "unchanged"
+
+
+def unchanged_line(comparison: Comparison, quote: Callable[[str], str] = str) -> str:
+    return ", ".join(f"{n} {quote(fmt_value(v))}" for n, v in comparison.unchanged_environment if n != "platform")
+
+
+def summary_line(comparison: Comparison) -> str:
+    """``REGRESSED: 1 newly failing, 1 disappeared, ...``: the verdict and the non-empty groups."""
+    parts = [f"{n} {SUMMARY_WORDS[name]}" for name, n in comparison.counts().items() if n]
+    verdict = "REGRESSED" if comparison.regressed else "OK"
+    details = ", ".join(parts) if parts else "no differences"
+    return f"{verdict}: {details} ({comparison.compared} cases in both reports)"
+
+
+def duration_title(comparison: Comparison) -> str:
+    return f"Duration changes: >= {comparison.duration_factor:g}x and >= {MIN_DURATION_DELTA:g} s"
+
+
+# --- text -----------------------------------------------------------------------------------------------------------
+
+
+def text_case_lines(case: CaseChange) -> list[str]:
+    """A case in the text output: the outcome change, then its reason and hint when there are."""
+    if case.old is None:
+        line = f"  {case.label}: {describe(case.new)}"
+    elif case.new is None:
+        line = f"  {case.label}: was {describe(case.old)}"
+    else:
+        line = f"  {case.label}: {describe(case.old)} -> {describe(case.new)}"
+    lines = [line]
+    reason = case_reason(case)
+    if reason:
+        lines.append(f"      reason: {reason}")
+    if case.hint:
+        lines.append(f"      note: {case.hint}")
+    return lines
+
+
+def text_figures_lines(change: FiguresChange) -> list[str]:
+    lines = [f"  {change.case.label}: up to {fmt_relative(change.largest).lstrip('+')}"]
+    width = max(len(FIGURE_LABELS[c.name]) for c in change.changes)
+    for c in change.changes:
+        label = FIGURE_LABELS[c.name]
+        lines.append(f"      {label:<{width}}  {fmt_figure(c.old)} -> {fmt_figure(c.new)} ({fmt_relative(c.relative)})")
+    return lines
+
+
+def text_duration_lines(change: DurationChange) -> list[str]:
+    step = fmt_step(change)
+    extra = f"; {step}" if step else ""
+    return [f"  {change.case.label}: {change.old:.2f} s -> {change.new:.2f} s ({fmt_factor(change)}{extra})"]
+
+
+def render_text(comparison: Comparison) -> str:
+    """The terminal output: header, one section per non-empty group, the verdict last."""
+    lines = [f"tprune compare: {comparison.old_path} -> {comparison.new_path}"]
+    lines.append(f"environment: {environment_line(comparison)}")
+    unchanged = unchanged_line(comparison)
+    if unchanged:
+        lines.append(f"  unchanged: {unchanged}")
+    for name, old, new in comparison.settings:
+        lines.append(f"settings differ: {name} {fmt_value(old)} -> {fmt_value(new)}")
+    for name, title in GROUPS:
+        items: list[Any] = getattr(comparison, name)
+        if not items:
+            continue
+        heading = duration_title(comparison) if name == "durations" else title
+        lines += ["", f"{heading} ({len(items)})"]
+        for item in items:
+            if isinstance(item, FiguresChange):
+                lines += text_figures_lines(item)
+            elif isinstance(item, DurationChange):
+                lines += text_duration_lines(item)
+            else:
+                lines += text_case_lines(item)
+    lines += ["", summary_line(comparison)]
+    return "\n".join(lines) + "\n"
+
+
+# --- markdown -------------------------------------------------------------------------------------------------------
+
+DETAILS_OVER = 15  # rows: a longer table is folded into <details>
+
+
+def md_cell(text: Any) -> str:
+    """Table-safe cell text: one line, pipes escaped."""
+    return one_line(text if text is not None else "", 200).replace("|", "\\|")
+
+
+def md_case(case: CaseChange) -> str:
+    key = case.key
+    cell = f"`{key[0]}` {key[1]}"
+    return cell + (f" ({md_cell(key[2])})" if len(key) > 2 else "")
+
+
+def md_table(header: Sequence[str], rows: list[list[str]]) -> list[str]:
+    """A markdown table, folded into ``<details>`` when long."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    if len(rows) > DETAILS_OVER:
+        return [f"<details><summary>{len(rows)} rows</summary>", "", *lines, "", "</details>"]
+    return lines
+
+
+def md_case_rows(cases: list[CaseChange]) -> list[list[str]]:
+    rows = []
+    for case in cases:
+        note = " ".join(part for part in (case_reason(case), case.hint and f"({case.hint})") if part)
+        rows.append([md_case(case), describe(case.old), describe(case.new), md_cell(note)])
+    return rows
+
+
+def md_figure_rows(changes: list[FiguresChange]) -> list[list[str]]:
+    rows = []
+    for change in changes:
+        for index, c in enumerate(change.changes):
+            case = md_case(change.case) if index == 0 else ""
+            rows.append([case, FIGURE_LABELS[c.name], fmt_figure(c.old), fmt_figure(c.new), fmt_relative(c.relative)])
+    return rows
+
+
+def md_duration_rows(changes: list[DurationChange]) -> list[list[str]]:
+    return [[md_case(d.case), f"{d.old:.2f} s", f"{d.new:.2f} s", fmt_factor(d), fmt_step(d)] for d in changes]
+
+
+def md_section(comparison: Comparison, name: str, title: str) -> list[str]:
+    """One group as a heading and a table; nothing for an empty group."""
+    items: list[Any] = getattr(comparison, name)
+    if not items:
+        return []
+    if name == "figures":
+        table = md_table(["case", "figure", "before", "after", "change"], md_figure_rows(items))
+    elif name == "durations":
+        title = duration_title(comparison)
+        table = md_table(["case", "before", "after", "change", "step"], md_duration_rows(items))
+    else:
+        table = md_table(["case", "before", "after", "reason / note"], md_case_rows(items))
+    return ["", f"### {title} ({len(items)})", "", *table]
+
+
+def render_markdown(comparison: Comparison) -> str:
+    """A pull-request comment: verdict heading, environment, one table per non-empty group."""
+
+    def code(text: str) -> str:
+        return f"`{text}`"
+
+    verdict = "regressed" if comparison.regressed else "no regression"
+    lines = [f"## tprune compare: {verdict}", "", f"**{summary_line(comparison)}**", ""]
+    lines.append(f"`{comparison.old_path}` -> `{comparison.new_path}`")
+    lines += ["", f"**Environment:** {environment_line(comparison, code)}"]
+    unchanged = unchanged_line(comparison, code)
+    if unchanged:
+        lines += ["", f"Unchanged: {unchanged}"]
+    for name, old, new in comparison.settings:
+        lines += ["", f"**Settings differ:** {name} `{fmt_value(old)}` -> `{fmt_value(new)}`"]
+    for name, title in GROUPS:
+        lines += md_section(comparison, name, title)
+    return "\n".join(lines) + "\n"
+
+
+# --- json -----------------------------------------------------------------------------------------------------------
+
+
+def _finite(value: float) -> float | None:
+    """JSON has no infinity: an infinite ratio (from zero) is null."""
+    return None if math.isinf(value) else round(value, 6)
+
+
+def json_side(case: Case | None) -> dict[str, Any] | None:
+    if case is None:
+        return None
+    return {"nodeid": case["nodeid"], **{k: case.get(k) for k in ("outcome", "failed_check", "reason", "duration")}}
+
+
+def json_case(case: CaseChange) -> dict[str, Any]:
+    return {
+        "model": case.key[0],
+        "config_id": case.key[1],
+        "label": case.label,
+        "hint": case.hint,
+        "old": json_side(case.old),
+        "new": json_side(case.new),
+    }
+
+
+def json_figures(change: FiguresChange) -> dict[str, Any]:
+    figures = {c.name: {"old": c.old, "new": c.new, "relative": _finite(c.relative)} for c in change.changes}
+    return {**json_case(change.case), "largest_relative": _finite(change.largest), "figures": figures}
+
+
+def json_duration(change: DurationChange) -> dict[str, Any]:
+    return {
+        **json_case(change.case),
+        "old_seconds": change.old,
+        "new_seconds": change.new,
+        "factor": _finite(change.factor),
+        "step": change.step,
+        "step_delta": round(change.step_delta, 4),
+    }
+
+
+def render_json(comparison: Comparison) -> str:
+    """The same groups as a machine-readable document."""
+    document: dict[str, Any] = {
+        "schema": COMPARE_SCHEMA,
+        "tool": "pytest-tprune compare",
+        "old": comparison.old_path,
+        "new": comparison.new_path,
+        "verdict": "regressed" if comparison.regressed else "ok",
+        "exit_status": comparison.exit_status,
+        "compared": comparison.compared,
+        "counts": comparison.counts(),
+        "environment": {
+            "changed": {n: {"old": o, "new": v} for n, o, v in comparison.environment},
+            "unchanged": dict(comparison.unchanged_environment),
+        },
+        "settings": {n: {"old": o, "new": v} for n, o, v in comparison.settings},
+        "duration_factor": comparison.duration_factor,
+        "min_duration_delta": MIN_DURATION_DELTA,
+    }
+    for name, _ in GROUPS:
+        items: list[Any] = getattr(comparison, name)
+        if name == "figures":
+            document[name] = [json_figures(i) for i in items]
+        elif name == "durations":
+            document[name] = [json_duration(i) for i in items]
+        else:
+            document[name] = [json_case(i) for i in items]
+    return json.dumps(document, indent=1) + "\n"
+
+
+RENDERERS: dict[str, Callable[[Comparison], str]] = {
+    "text": render_text,
+    "markdown": render_markdown,
+    "json": render_json,
+}

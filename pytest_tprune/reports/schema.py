@@ -1,0 +1,140 @@
+"""The report schema, written and read in one place.
+
+``pytest --tprune-report PATH`` writes :func:`report_document`;
+``tprune compare``, ``merge`` and ``table`` read it back with
+:func:`load_report`, which checks what they rely on and says in one line what
+is wrong with a file that is not a usable report.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPORT_SCHEMA = 1
+OUTCOMES = ("passed", "failed", "skipped", "xfailed", "xpassed", "error")
+
+Key = tuple[str, ...]
+Case = dict[str, Any]
+
+
+class ReportError(Exception):
+    """Bad input: a file that cannot be read or is no usable report (exit status 2)."""
+
+
+# --- writing --------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CaseRow:
+    nodeid: str
+    model: str
+    config_id: str
+    config: dict[str, Any]
+    outcome: str = "passed"
+    failed_check: str | None = None
+    reason: str | None = None
+    figures: dict[str, Any] = field(default_factory=dict)
+    duration: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "nodeid": self.nodeid,
+            "model": self.model,
+            "config_id": self.config_id,
+            "config": self.config,
+            "outcome": self.outcome,
+            "failed_check": self.failed_check,
+            "reason": self.reason,
+            "duration": round(self.duration, 4),
+            **self.figures,
+        }
+
+
+def report_document(rows: list[CaseRow], environment: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """The JSON report; ``finished`` (UTC) dates the run even after a clone resets the file's mtime."""
+    return {
+        "schema": REPORT_SCHEMA,
+        "tool": "pytest-tprune",
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "environment": environment,
+        **extra,
+        "cases": [row.to_dict() for row in sorted(rows, key=lambda r: (r.model, r.config_id, r.nodeid))],
+    }
+
+
+# --- reading --------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Report:
+    """One run report, checked: its path, environment, settings and cases."""
+
+    path: str
+    document: dict[str, Any]
+
+    @property
+    def environment(self) -> dict[str, Any]:
+        env = self.document.get("environment")
+        return env if isinstance(env, dict) else {}
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        settings = self.document.get("settings")
+        return settings if isinstance(settings, dict) else {}
+
+    @property
+    def cases(self) -> list[Case]:
+        cases: list[Case] = self.document["cases"]
+        return cases
+
+
+def read_json(path: str) -> Any:
+    """The JSON content of ``path``; a :class:`ReportError` saying why not."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ReportError(f"{path}: no such file") from None
+    except UnicodeDecodeError:
+        raise ReportError(f"{path} is not JSON (not UTF-8 text)") from None
+    except OSError as err:
+        raise ReportError(f"cannot read {path}: {err.strerror or err}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ReportError(f"{path} is not JSON ({err.msg} at line {err.lineno}, column {err.colno})") from None
+    except (ValueError, RecursionError) as err:
+        raise ReportError(f"{path} is not usable JSON ({type(err).__name__})") from None
+
+
+def check_case(path: str, index: int, case: Any) -> None:
+    """Raise a :class:`ReportError` unless ``case`` has what a comparison reads."""
+    if not isinstance(case, dict):
+        raise ReportError(f"{path} is not a valid pytest-tprune report: case {index} is not an object")
+    for name in ("nodeid", "model", "config_id", "outcome"):
+        if not isinstance(case.get(name), str):
+            raise ReportError(f"{path} is not a valid pytest-tprune report: case {index} has no text '{name}'")
+    if case["outcome"] not in OUTCOMES:
+        raise ReportError(f"{path}: case {index} has an unknown outcome {case['outcome']!r}")
+
+
+def load_report(path: str) -> Report:
+    """Read and check one report; a :class:`ReportError` with one line for anything unusable."""
+    document = read_json(path)
+    if not isinstance(document, dict) or document.get("tool") != "pytest-tprune":
+        raise ReportError(f"{path} is not a pytest-tprune report (write one with pytest --tprune-report PATH)")
+    schema = document.get("schema")
+    if schema != REPORT_SCHEMA:
+        raise ReportError(
+            f"{path} has report schema {schema!r}, this pytest-tprune reads schema {REPORT_SCHEMA}: "
+            "compare reports written by the same pytest-tprune version"
+        )
+    cases = document.get("cases")
+    if not isinstance(cases, list):
+        raise ReportError(f"{path} is not a valid pytest-tprune report: 'cases' is not a list")
+    for index, case in enumerate(cases):
+        check_case(path, index, case)
+    return Report(path, document)

@@ -1,0 +1,170 @@
+"""Which cases a run has: the model selection, the case list of each test, its shard and marks.
+
+The list is built from sorted models, ratios and modes and nothing random, so
+every xdist worker collects the same cases in the same order; a shard is
+every N-th case of that list.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from pytest_tprune.engine.config import PruneConfig
+from pytest_tprune.engine.models import ModelSpec, match_patterns, registered_models
+from pytest_tprune.errors import UsageError
+from pytest_tprune.session.state import CaseParam, RunState
+
+if TYPE_CHECKING:
+    from pytest_tprune.session.settings import Settings
+
+DEFAULT_TIMM_MODELS = ("test_*",)
+FAMILIES_TOKEN = "@families"
+"""Stands, in a models list, for the smallest model of every timm family (see :mod:`pytest_tprune.engine.zoo`)."""
+
+
+def expand_tokens(patterns: tuple[str, ...]) -> tuple[str, ...]:
+    """Replace ``@families`` by the family representatives' names."""
+    if FAMILIES_TOKEN not in patterns:
+        return patterns
+    from pytest_tprune.engine.zoo import load_representatives
+
+    families = sorted(set(load_representatives().values()))
+    return tuple(p for p in patterns if p != FAMILIES_TOKEN) + tuple(families)
+
+
+def downstream_specs(config: pytest.Config) -> dict[str, ModelSpec]:
+    """Specs from ``register_model`` and from every ``pytest_tprune_models`` hook."""
+    specs = registered_models()
+    for result in config.hook.pytest_tprune_models(config=config):
+        for spec in result or []:
+            if not isinstance(spec, ModelSpec):
+                raise UsageError(f"pytest_tprune_models returned {type(spec).__name__}, expected ModelSpec objects")
+            if spec.name in specs and specs[spec.name] is not spec:
+                raise UsageError(
+                    f"model '{spec.name}' is provided twice (by register_model or pytest_tprune_models hooks): "
+                    "give each model a unique name"
+                )
+            specs[spec.name] = spec
+    return specs
+
+
+def select_models(config: pytest.Config, settings: Settings) -> dict[str, ModelSpec]:
+    """The run's models by name: patterns over timm and downstream names, minus exclusions.
+
+    Without a models setting, a project that registered its own models tests
+    those; otherwise timm's tiny ``test_*`` models.
+    """
+    from pytest_tprune.engine.models import timm_model_names, timm_spec
+
+    extra = downstream_specs(config)
+    patterns = expand_tokens(settings.models or (tuple(sorted(extra)) if extra else DEFAULT_TIMM_MODELS))
+    timm_names = set(timm_model_names())
+    clash = sorted(timm_names & set(extra))
+    if clash:
+        raise UsageError(f"downstream model name(s) {', '.join(clash)} clash with timm models: rename them")
+    names = match_patterns(timm_names | set(extra), patterns)
+    if settings.exclude:
+        excluded = set(match_patterns(names, settings.exclude)) if names else set()
+        names = [n for n in names if n not in excluded]
+    return {name: extra[name] if name in extra else timm_spec(name, settings.input_size) for name in names}
+
+
+def run_models(config: pytest.Config, state: RunState) -> dict[str, ModelSpec]:
+    """The run's models by name, selected once per process (the first test that asks for cases)."""
+    if state.specs is None:
+        state.specs = select_models(config, state.settings)
+    return state.specs
+
+
+def narrow_models(names: list[str], patterns: Any, exclude: Any = None) -> list[str]:
+    """Apply a ``tprune(models=..., exclude=...)`` marker: keep the selected names it matches.
+
+    The marker only ever narrows the run's selection (``--tprune-models`` stays
+    the outer bound), so one project can give two tests different slices of one
+    selection, e.g. a full grid for tiny models and one config per family.
+    """
+    import fnmatch
+
+    def as_patterns(value: Any) -> tuple[str, ...]:
+        return expand_tokens((value,) if isinstance(value, str) else tuple(value))
+
+    def matches(name: str, value: Any) -> bool:
+        return any(fnmatch.fnmatchcase(name, p) for p in as_patterns(value))
+
+    kept = names if patterns is None else [n for n in names if matches(n, patterns)]
+    return kept if exclude is None else [n for n in kept if not matches(n, exclude)]
+
+
+def case_marks(spec: ModelSpec, config_id: str) -> list[Any]:
+    """A known failure is a strict xfail (a known hang must end in the time limit)."""
+    marks: list[Any] = []
+    reason = spec.failure_reason(config_id)
+    if reason:
+        from pytest_tprune.engine.known import is_hang
+        from pytest_tprune.errors import CaseTimeout
+
+        raises = CaseTimeout if is_hang(reason) else None
+        marks.append(pytest.mark.xfail(strict=True, raises=raises, reason=f"known failure: {reason}"))
+    return marks
+
+
+def marker_values(metafunc: pytest.Metafunc) -> dict[str, Any]:
+    """The ``tprune(...)`` marker's arguments, the closest marker winning per argument."""
+    values: dict[str, Any] = {}
+    for marker in metafunc.definition.iter_markers("tprune"):
+        for key, value in marker.kwargs.items():
+            values.setdefault(key, value)
+    return values
+
+
+def case_params(specs: dict[str, ModelSpec], settings: Settings, narrow: dict[str, Any]) -> list[Any]:
+    """The sorted, sharded ``pytest.param`` list for one test function."""
+    names = narrow_models(sorted(specs), narrow.get("models"), narrow.get("exclude"))
+    wanted_ratios = {float(r) for r in narrow.get("ratios", settings.ratios)}
+    ratios = [r for r in settings.ratios if r in wanted_ratios]
+    modes = [m for m in settings.modes if m in narrow.get("modes", settings.modes)]
+    cases = [
+        CaseParam(name, PruneConfig(ratio=ratio, global_pruning=mode == "global"))
+        for name in names
+        for ratio in ratios
+        for mode in modes
+    ]
+    if settings.shard is not None:
+        index, total = settings.shard
+        cases = [case for position, case in enumerate(cases) if position % total == index - 1]
+    return [
+        pytest.param(case, id=case.case_id, marks=case_marks(specs[case.model], case.config.config_id))
+        for case in cases
+    ]
+
+
+NO_CASES_REASON = (
+    "no pruning case selected for this test "
+    "(check --tprune-models/-ratios/-modes, the tprune marker and --tprune-shard)"
+)
+
+
+def parametrize(metafunc: pytest.Metafunc, state: RunState) -> None:
+    """Parametrize a test requesting ``tprune_case`` with the run's cases (a skipped stand-in when none)."""
+    try:
+        params = case_params(run_models(metafunc.config, state), state.settings, marker_values(metafunc))
+    except UsageError as err:
+        raise pytest.UsageError(str(err)) from None
+    if not params:
+        params = [pytest.param(None, id="no-cases", marks=pytest.mark.skip(reason=NO_CASES_REASON))]
+    metafunc.parametrize("tprune_case", params, indirect=True)
+
+
+def case_param(item: pytest.Item) -> CaseParam | None:
+    """The case a collected test item runs, or None for other tests."""
+    callspec = getattr(item, "callspec", None)
+    param = callspec.params.get("tprune_case") if callspec else None
+    return param if isinstance(param, CaseParam) else None
+
+
+def case_keys(items: Iterable[pytest.Item]) -> set[tuple[str, str]]:
+    """``(model, config id)`` of every case among ``items``."""
+    return {(p.model, p.config.config_id) for p in map(case_param, items) if p is not None}

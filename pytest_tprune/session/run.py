@@ -1,0 +1,214 @@
+"""The plugin's work for one run: configure it, start and finish each case, note why a case failed.
+
+:mod:`pytest_tprune.plugin` calls these one line per hook; the observers that
+fold reports and finish the run are registered here, the xdist controller
+only when xdist is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from pytest_tprune.errors import UsageError
+from pytest_tprune.session.cases import case_keys, case_param, run_models
+from pytest_tprune.session.settings import parse_settings
+from pytest_tprune.session.state import (
+    CASE_KEY,
+    CHECK_KEY,
+    FIGURES_KEY,
+    STATE,
+    WORKER_OUTPUT_KEY,
+    WRITTEN_KEY,
+    CaseParam,
+    RunState,
+)
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from pytest_tprune.checks.case import TpruneCase
+    from pytest_tprune.engine.models import ModelSpec
+
+MARKER_HELP = (
+    "tprune(models=None, exclude=None, ratios=None, modes=None): narrow the pruning cases of one test "
+    "(model names, fnmatch patterns or @families; ratios; 'local'/'global')"
+)
+
+
+def configure(config: pytest.Config) -> None:
+    """Parse and check the settings (a bad value is a usage error), then register the run's observers."""
+    config.addinivalue_line("markers", MARKER_HELP)
+    if config.option.help:
+        return
+    try:
+        settings = parse_settings(config)
+        if settings.device.startswith("cuda"):
+            from pytest_tprune.engine.recipe import resolve_device
+
+            resolve_device(settings.device)
+    except UsageError as err:
+        raise pytest.UsageError(str(err)) from None
+    state = RunState(settings)
+    config.stash[STATE] = state
+    config.pluginmanager.register(RunReporter(state), "tprune-reporter")
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(XdistController(state), "tprune-xdist")
+
+
+def note_collected(config: pytest.Config, items: list[pytest.Item], selected: bool) -> None:
+    """Remember the cases generated (before deselection) or selected (after), for the unused-golden rule."""
+    if STATE not in config.stash:
+        return
+    state = config.stash[STATE]
+    if selected:
+        state.selected |= case_keys(items)
+    else:
+        state.generated |= case_keys(items)
+
+
+def start_case(request: pytest.FixtureRequest) -> TpruneCase:
+    """The case a test asked for, its identity recorded for the report; skipped up front when too big."""
+    from pytest_tprune.checks.case import CaseSettings, TpruneCase
+    from pytest_tprune.engine.resources import too_big_reason
+
+    param = getattr(request, "param", None)
+    if not isinstance(param, CaseParam):
+        raise pytest.UsageError("tprune_case is parametrized by pytest-tprune: request it as a test argument")
+    state = request.config.stash[STATE]
+    settings = state.settings
+    spec = run_models(request.config, state)[param.model]
+    case = TpruneCase(
+        spec,
+        param.config,
+        CaseSettings(
+            device=settings.device,
+            golden_dir=settings.golden_dir,
+            update_golden=settings.update_golden,
+            seed=settings.seed,
+            timeout=_timeout(spec, param, settings.timeout),
+            checks=settings.checks,
+        ),
+    )
+    identity = {"model": param.model, "config_id": param.config.config_id, "config": param.config.to_dict()}
+    request.node.user_properties.append((CASE_KEY, identity))
+    reason = too_big_reason(spec, settings.max_params)
+    if reason:
+        pytest.skip(reason)
+    return case
+
+
+def finish_case(request: pytest.FixtureRequest, case: TpruneCase) -> None:
+    """Record the case's figures and the goldens it wrote; free what a failed prune left behind."""
+    if not case.has_pruned:
+        from pytest_tprune.engine.resources import release_memory
+
+        release_memory()
+    node = request.node
+    node.user_properties.append((FIGURES_KEY, case.report_row()))
+    node.user_properties.extend((WRITTEN_KEY, path) for path in case.golden_written)
+
+
+def _timeout(spec: ModelSpec, param: CaseParam, configured: float | None) -> float | None:
+    """A known hang gets a short limit; every other case the run's."""
+    from pytest_tprune.engine.known import HANG_LIMIT_S, is_hang
+
+    if is_hang(spec.failure_reason(param.config.config_id)):
+        return min(configured or HANG_LIMIT_S, HANG_LIMIT_S)
+    return configured
+
+
+def note_failure(item: pytest.Item, call: pytest.CallInfo[None]) -> None:
+    """A failed phase of a case: which check failed, for the report; a traceback pytest can render."""
+    if call.excinfo is None or case_param(item) is None:
+        return
+    item.user_properties.append((CHECK_KEY, failed_check(call.excinfo.value)))
+    drop_frames_without_line_numbers(call.excinfo)
+
+
+def failed_check(exc: BaseException) -> str:
+    """A check's name, ``prune:<step>`` for the engine, ``timeout``, else the exception's type."""
+    from pytest_tprune.errors import CaseTimeout, PruneStepError
+
+    if isinstance(exc, PruneStepError):
+        return f"prune:{exc.step}"
+    if isinstance(exc, CaseTimeout):
+        return "timeout"
+    return str(getattr(exc, "check", type(exc).__name__))
+
+
+def drop_frames_without_line_numbers(excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+    """Unlink traceback entries that have no line number.
+
+    A time limit raises from a signal handler, which on Python 3.11 can land
+    on an instruction without a line number; pytest's traceback rendering then
+    crashes the whole session (INTERNALERROR, and under xdist the worker)
+    instead of failing the case. pytest rebuilds its traceback view from the
+    raw ``tb_next`` chain, so the chain itself is relinked.
+    """
+    head = excinfo.tb
+    node: TracebackType | None = head
+    changed = False
+    while node is not None:
+        while node.tb_next is not None and node.tb_next.tb_lineno is None:
+            node.tb_next = node.tb_next.tb_next
+            changed = True
+        node = node.tb_next
+    if changed:
+        excinfo.traceback = type(excinfo.traceback)(head)
+
+
+def is_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+class RunReporter:
+    """Registered per run: observes reports and finishes the run (summary, unused goldens, JSON)."""
+
+    def __init__(self, state: RunState) -> None:
+        self.state = state
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        from pytest_tprune.session.outcomes import observe_report
+
+        observe_report(self.state, report)
+
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        config, state = session.config, self.state
+        if is_worker(config):
+            payload = {"generated": sorted(state.generated), "selected": sorted(state.selected)}
+            config.workeroutput[WORKER_OUTPUT_KEY] = json.dumps(payload)  # type: ignore[attr-defined]
+            return
+        from pytest_tprune.session.outcomes import finish_run
+
+        if finish_run(state) and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def pytest_terminal_summary(self, terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+        if is_worker(config):
+            return
+        from pytest_tprune.session.outcomes import summary_lines
+
+        lines = summary_lines(self.state)
+        if lines:
+            terminalreporter.write_sep("=", "tprune summary")
+            for line in lines:
+                terminalreporter.write_line(line)
+
+
+class XdistController:
+    """Registered only when xdist is loaded: merges what each worker collected."""
+
+    def __init__(self, state: RunState) -> None:
+        self.state = state
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        raw = getattr(node, "workeroutput", {}).get(WORKER_OUTPUT_KEY)
+        if not raw:
+            return
+        payload = json.loads(raw)
+        self.state.generated |= {tuple(key) for key in payload["generated"]}
+        self.state.selected |= {tuple(key) for key in payload["selected"]}
