@@ -1,0 +1,67 @@
+"""Every touch of torch-pruning's private internals, in one package.
+
+The engine needs more of torch-pruning than its public API offers: the names
+of graph members, the width of a group's root, the per-operation index-mapping
+refresh it guards, the group walk it bounds, the pruner's channel grouping,
+and the ranking and refusal points the property suite records. Anything that
+reads or wraps a private name does it here, so an upgrade of torch-pruning
+that moves an internal is handled here and nowhere else.
+
+The package splits by concern: :mod:`.graph` reads the graph and the pruner,
+:mod:`.guards` wraps torch-pruning's index mappings and group walk, and
+:mod:`.ledger` accounts for every group torch-pruning offers.
+"""
+
+from __future__ import annotations
+
+from pytest_tprune.engine.tp_internals.graph import (
+    channel_groups,
+    current_step,
+    dotted_name,
+    group_root,
+    is_out_channels,
+    item_width,
+    member_modules,
+    member_name,
+    member_names,
+    name_of,
+    observe_ranking,
+    observe_refusals,
+    one_line,
+    pruning_dim,
+    removed_count,
+    removed_indices,
+    root_key,
+)
+from pytest_tprune.engine.tp_internals.guards import (
+    TRAVERSAL_FACTOR,
+    TraversalCycle,
+    UnmappableIndices,
+    bound_traversal,
+    tolerant_index_mappings,
+)
+
+__all__ = [
+    "TRAVERSAL_FACTOR",
+    "TraversalCycle",
+    "UnmappableIndices",
+    "bound_traversal",
+    "channel_groups",
+    "current_step",
+    "dotted_name",
+    "group_root",
+    "is_out_channels",
+    "item_width",
+    "member_modules",
+    "member_name",
+    "member_names",
+    "name_of",
+    "observe_ranking",
+    "observe_refusals",
+    "one_line",
+    "pruning_dim",
+    "removed_count",
+    "removed_indices",
+    "root_key",
+    "tolerant_index_mappings",
+]
