@@ -7,6 +7,9 @@ shards that have no report yet from this very engine and these libraries, and
 re-renders the map from the reports present. A report made by another
 revision of pytest-tprune (its fingerprint is in the report's environment) or
 other library versions is run again rather than merged: one table, one engine.
+So is a report marked ``"complete": false`` (the shard was interrupted, or
+its workers crashed past the restart limit): it lists only the cases that
+finished, so counting it as done would drop the others from the map.
 
 Each shard is the README's zoo-mode command in a child pytest process, run
 from this checkout with ``PYTHONPATH`` pointing at it, so a clone of the
@@ -87,9 +90,12 @@ def stale_because(path: Path, env: dict[str, Any]) -> str | None:
     if not path.exists():
         return "no report"
     try:
-        found = json.loads(path.read_text(encoding="utf-8")).get("environment") or {}
-    except (OSError, ValueError) as err:
+        document = json.loads(path.read_text(encoding="utf-8"))
+        found = document.get("environment") or {}
+    except (OSError, ValueError, AttributeError) as err:
         return f"unreadable report ({err})"
+    if document.get("complete", True) is False:  # reports from before "complete" existed were all complete
+        return f"incomplete report ({document.get('incomplete_reason') or 'the run was interrupted'})"
     changed = [f"{k} {found.get(k)} != {env.get(k)}" for k in RUN_CONTROLLED if found.get(k) != env.get(k)]
     return "; ".join(changed) or None
 
@@ -99,7 +105,7 @@ def run_shard(shard: int, shards: int, workers: int, timeout: int) -> bool:
     path = report_path(shard, shards)
     path.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    start = time.monotonic()
+    start, started_at = time.monotonic(), time.time()
     log = path.with_suffix(".log")
     with log.open("w", encoding="utf-8") as out:
         done = subprocess.run(
@@ -110,10 +116,15 @@ def run_shard(shard: int, shards: int, workers: int, timeout: int) -> bool:
         print(f"shard {shard}/{shards}: pytest exited {done.returncode} after {minutes:.1f} min; see {log}")
         return False
     log.unlink(missing_ok=True)
-    cases = json.loads(path.read_text(encoding="utf-8"))["cases"]
-    counts = Counter(c["outcome"] for c in cases)
+    sidecar = path.with_name(f"{path.stem}.incomplete.json")  # where the plugin puts an incomplete run's report
+    if sidecar.exists() and sidecar.stat().st_mtime >= started_at:
+        print(f"shard {shard}/{shards}: INCOMPLETE after {minutes:.1f} min; kept {path.name}, see {sidecar.name}")
+        return True
+    document = json.loads(path.read_text(encoding="utf-8"))
+    counts = Counter(c["outcome"] for c in document["cases"])
     tally = ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items()))
-    print(f"shard {shard}/{shards}: {len(cases)} cases in {minutes:.1f} min: {tally}", flush=True)
+    note = "" if document.get("complete", True) is not False else f"; INCOMPLETE: {document.get('incomplete_reason')}"
+    print(f"shard {shard}/{shards}: {len(document['cases'])} cases in {minutes:.1f} min: {tally}{note}", flush=True)
     return True
 
 

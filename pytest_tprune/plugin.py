@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_tprune.session import run
+from pytest_tprune.session import header, run
 from pytest_tprune.session.settings import add_options
 from pytest_tprune.session.state import STATE
 
@@ -34,6 +34,10 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     run.configure(config)
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    return header.report_header(config)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -543,3 +543,78 @@ def test_engine_fingerprint_follows_the_engine_not_the_report_readers(tmp_path: 
     shape_rule = package / "checks" / "expectations.py"
     shape_rule.write_text(shape_rule.read_text(encoding="utf-8") + "\n# the shape rule changed\n", encoding="utf-8")
     assert engine_fingerprint(package) not in (original, changed, checked)
+
+
+# --- crashed cases and incomplete reports ---------------------------------------------------------------------------
+
+CRASH = {"worker_id": "gw1", "returncode": -11, "exit_code": None, "signal": 11, "signal_name": "SIGSEGV"}
+
+
+def test_a_crashed_case_is_failing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A worker that died under a case is a regression where the case passed, and a pass after it is a fix."""
+    crashed = case("resnet50", outcome="crashed", crash=CRASH, reason="its xdist worker crashed while running it")
+    old = document(OLD_ENV, [case("resnet50"), case("resnet18", outcome="crashed", crash=CRASH)])
+    new = document(OLD_ENV, [crashed, case("resnet18")])
+    paths = [write(tmp_path / "a.json", old), write(tmp_path / "b.json", new)]
+    assert compare_main(paths) == 1
+    out = capsys.readouterr().out
+    assert "Regressions: newly failing (1)\n  resnet50 [r0.5-local]: passed -> crashed\n" in out
+    assert "Fixed: newly passing (1)\n  resnet18 [r0.5-local]: crashed -> passed\n" in out
+    assert out.endswith("REGRESSED: 1 newly failing, 1 fixed (2 cases in both reports)\n")
+
+
+def test_an_incomplete_report_makes_the_comparison_untrusted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    old = document(OLD_ENV, [case("resnet18"), case("resnet50")])  # no "complete" key: an older, complete report
+    new = document(
+        OLD_ENV,
+        [case("resnet18"), case("resnet50", outcome="interrupted")],
+        complete=False,
+        incomplete_reason="interrupted (KeyboardInterrupt); 1 test(s) cut off while running",
+    )
+    paths = [write(tmp_path / "a.json", old), write(tmp_path / "b.json", new)]
+    assert compare_main(paths) == 1  # nothing regressed, but the comparison cannot be trusted
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1] == (
+        f"INCOMPLETE report: {paths[1]} (interrupted (KeyboardInterrupt); 1 test(s) cut off while running): "
+        "it lists only the cases that finished, so this comparison cannot be trusted (exit status 1)"
+    )
+    assert "  resnet50 [r0.5-local]: passed -> interrupted" in lines
+    assert lines[-1] == "INCOMPLETE: 1 changed behaviour (2 cases in both reports)"
+    assert compare_main([*paths, "--format", "json"]) == 1
+    data = json.loads(capsys.readouterr().out)
+    assert data["verdict"] == "incomplete" and data["exit_status"] == 1
+    assert [i["report"] for i in data["incomplete"]] == [paths[1]]
+    assert compare_main([*paths, "--format", "markdown"]) == 1
+    assert capsys.readouterr().out.startswith("## tprune compare: incomplete report\n")
+    assert compare_main([paths[0], paths[0]]) == 0  # a report without the key is complete
+
+
+def test_a_complete_flag_that_is_not_a_boolean_is_bad_input(
+    pair: tuple[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = write(tmp_path / "bad.json", document(OLD_ENV, [], complete="yes"))
+    message = f"{bad} is not a valid pytest-tprune report: 'complete' is not true or false"
+    assert bad_input(capsys, pair[0], bad) == f"tprune compare: error: {message}\n"
+
+
+def test_merge_of_an_incomplete_shard_is_incomplete(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cut = {**shard(2, [case("b")]), "complete": False, "incomplete_reason": "interrupted (KeyboardInterrupt)"}
+    crashed = {**shard(1, [case("a", outcome="crashed", crash=CRASH)]), "crashes": [{"nodeid": "x", **CRASH}]}
+    paths = [
+        write(tmp_path / "s1.json", crashed),
+        write(tmp_path / "s2.json", cut),
+        write(tmp_path / "s3.json", shard(3, [])),
+    ]
+    out = tmp_path / "m.json"
+    assert merge_main([str(out), *paths]) == 0
+    err = capsys.readouterr().err
+    assert err == (
+        f"tprune merge: warning: incomplete run ({paths[1]}: interrupted (KeyboardInterrupt)): "
+        "only the cases that finished are in it\n"
+    )
+    merged = load_report(str(out))
+    assert not merged.complete and merged.incomplete_reason == f"{paths[1]}: interrupted (KeyboardInterrupt)"
+    assert merged.document["crashes"] == [{"nodeid": "x", **CRASH}]
+    assert [c["outcome"] for c in merged.cases] == ["crashed", "passed"]

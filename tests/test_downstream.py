@@ -180,10 +180,10 @@ def test_duplicate_model_names_are_usage_errors(example: Path, pytester: pytest.
         "def pytest_tprune_models(config):\n    return [acme_attn_spec()]\n"
     )
     result = pytester.runpytest_inprocess(*QUIET, "--collect-only")
-    assert result.ret != pytest.ExitCode.OK
-    result.stdout.fnmatch_lines(
+    assert result.ret == pytest.ExitCode.USAGE_ERROR  # found while collecting: still one usage line
+    result.stderr.fnmatch_lines(
         [
-            "*model 'acme_attn' is provided twice (by register_model or pytest_tprune_models hooks): "
+            "ERROR: model 'acme_attn' is provided twice (by register_model or pytest_tprune_models hooks): "
             "give each model a unique name"
         ]
     )

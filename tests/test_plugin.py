@@ -15,9 +15,10 @@ import re
 import pytest
 
 # In-process pytester runs forget modules imported during the run; torch cannot be
-# imported twice in one process, so import it (and timm) before any run does.
+# imported twice in one process, so import it (and timm, torch-pruning) before any run does.
 import timm  # noqa: F401
 import torch  # noqa: F401
+import torch_pruning  # noqa: F401 - and torch-pruning, whose classes the engine caches
 
 from pytest_tprune.engine.identity import engine_version
 

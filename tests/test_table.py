@@ -285,3 +285,31 @@ def test_the_command_line_dispatches_to_table() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "usage: tprune table" in done.stdout
+
+
+def test_a_crashed_case_and_an_incomplete_run_are_marked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    crash = {"worker_id": "gw1", "returncode": -11, "exit_code": None, "signal": 11, "signal_name": "SIGSEGV"}
+    cases = [
+        case("vit_small"),
+        case("vit_huge", "crashed", crash=crash, reason="its xdist worker crashed while running it"),
+        case("cspresnet50", "interrupted", reason="the run was interrupted while this case ran"),
+    ]
+    path = Path(write_report(tmp_path / "cut.json", cases, None))
+    document = json.loads(path.read_text())
+    path.write_text(json.dumps({**document, "complete": False, "incomplete_reason": "interrupted (KeyboardInterrupt)"}))
+    assert table_main([str(path)], families=FAMILIES) == 0
+    page, err = capsys.readouterr()
+    assert "**Incomplete run:** interrupted (KeyboardInterrupt); only the cases that finished are counted." in page
+    assert "1 passed, 1 crashed, 1 interrupted." in page
+    assert (
+        "| vision_transformer | 2 | 1 |  |  | 1x crashed its worker (signal 11 SIGSEGV): `vit_huge` (gw1) |  |" in page
+    )
+    assert "1x interrupted: the run stopped before the case finished: `cspresnet50`" in page
+    assert err == (
+        "tprune table: warning: incomplete run (interrupted (KeyboardInterrupt)): "
+        "only the cases that finished are in it\n"
+    )
+
+
+def test_a_complete_report_has_no_incomplete_line(shards: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert "Incomplete run" not in render(capsys, *shards)

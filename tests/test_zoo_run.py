@@ -37,10 +37,12 @@ def zoo_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     return module
 
 
-def write_report(module: ModuleType, shard: int, cases: list[dict[str, Any]], **env: Any) -> Path:
+def write_report(
+    module: ModuleType, shard: int, cases: list[dict[str, Any]], document: dict[str, Any] | None = None, /, **env: Any
+) -> Path:
     path: Path = module.report_path(shard, 4)
     path.parent.mkdir(parents=True, exist_ok=True)
-    report = {"environment": {**ENV, "platform": "Linux", **env}, "cases": cases}
+    report = {"environment": {**ENV, "platform": "Linux", **env}, "cases": cases, **(document or {})}
     path.write_text(json.dumps(report), encoding="utf-8")
     return path
 
@@ -59,6 +61,15 @@ def test_a_report_from_another_engine_or_library_is_run_again(zoo_run: ModuleTyp
     upgraded = write_report(zoo_run, 2, [], timm="1.0.32")
     assert "pytest-tprune 0.1.0+ffffffffffff != 0.1.0+0123456789ab" in zoo_run.stale_because(engine, ENV)
     assert zoo_run.stale_because(upgraded, ENV) == "timm 1.0.32 != 1.0.31"
+
+
+def test_an_incomplete_report_is_run_again(zoo_run: ModuleType) -> None:
+    """An interrupted shard lists only the cases that finished: counting it as done would drop the rest."""
+    reason = "interrupted (KeyboardInterrupt); 1 test(s) cut off while running"
+    cut = write_report(zoo_run, 1, [case("resnet18")], {"complete": False, "incomplete_reason": reason})
+    whole = write_report(zoo_run, 2, [case("resnet18")], {"complete": True})
+    assert zoo_run.stale_because(cut, ENV) == f"incomplete report ({reason})"
+    assert zoo_run.stale_because(whole, ENV) is None
 
 
 def test_a_missing_or_unreadable_report_is_run_again(zoo_run: ModuleType) -> None:

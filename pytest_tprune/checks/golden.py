@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pytest_tprune.checks.accounting import group_accounting
 from pytest_tprune.reports.atomic import write_text_atomic
 
 if TYPE_CHECKING:
@@ -49,6 +50,7 @@ def golden_content(outcome: PruneOutcome, versions: dict[str, str]) -> dict[str,
         "made_on": "cuda" if outcome.device.startswith("cuda") else "cpu",
         "versions": versions,
         "figures": {name: getattr(outcome, name) for name in FIGURES},
+        "groups": group_accounting(outcome),
         "output_shape": outcome.output_shape_after,
         "modules": outcome.modules_after,
         "shapes": outcome.shapes_after,
@@ -71,17 +73,101 @@ def write_golden(path: Path, content: dict[str, Any]) -> None:
     write_text_atomic(path, dumps(content) + "\n")
 
 
-def read_golden(path: Path) -> dict[str, Any]:
-    with path.open(encoding="utf-8") as handle:
-        data: dict[str, Any] = json.load(handle)
+REQUIRED = ("model", "config_id", "config", "input_size", "versions", "figures", "output_shape", "modules", "shapes")
+"""Keys every golden holds: what the comparison reads, and the versions it reports."""
+OBJECTS = ("config", "versions", "figures", "modules", "shapes", "left_whole")
+"""Keys whose value is looked up by name, so must be a JSON object."""
+JSON_TYPES = {dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number"}
+
+
+class GoldenError(ValueError):
+    """A golden file that cannot be compared with: ``reason`` says what is wrong, in one line.
+
+    ``newer`` is set when a later pytest-tprune wrote it (the fix is an upgrade,
+    not a rewrite, unless this version is the one the project means to use).
+    """
+
+    def __init__(self, path: Path, reason: str, newer: bool = False) -> None:
+        self.path = path
+        self.reason = " ".join(reason.split())  # one line, whatever the OS or parser said
+        self.newer = newer
+        super().__init__(f"golden file {path} {self.reason}")
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    return "null" if value is None else JSON_TYPES.get(type(value), type(value).__name__)
+
+
+def _parse(path: Path) -> Any:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise GoldenError(path, f"cannot be read ({type(exc).__name__}: {exc.strerror or exc})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise GoldenError(path, f"is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    if not text.strip():
+        raise GoldenError(path, "is empty")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        truncated = exc.pos >= len(text.rstrip()) or exc.msg.startswith("Unterminated string")
+        what = "is truncated" if truncated else "is not valid JSON"
+        where = f"{exc.msg.removesuffix(' at')} at line {exc.lineno} column {exc.colno}"
+        raise GoldenError(path, f"{what} ({where})") from None
+
+
+def check_document(path: Path, data: Any) -> dict[str, Any]:
+    """``data`` when it is a golden this version can compare with; else :class:`GoldenError` says why."""
+    if not isinstance(data, dict):
+        raise GoldenError(path, f"holds {_json_type(data)}, not a golden (a JSON object)")
+    if "schema" not in data:
+        raise GoldenError(path, "has no 'schema' key")
+    schema = data["schema"]
+    if not isinstance(schema, int) or isinstance(schema, bool):
+        raise GoldenError(path, f"has schema {json.dumps(schema)}, not an integer")
+    if schema > SCHEMA:
+        reason = f"was written by a newer pytest-tprune (schema {schema}; this version reads schema {SCHEMA})"
+        raise GoldenError(path, reason, newer=True)
+    if schema != SCHEMA:
+        raise GoldenError(path, f"has schema {schema}, which no pytest-tprune writes (this version reads {SCHEMA})")
+    missing = [key for key in REQUIRED if key not in data]
+    if missing:
+        raise GoldenError(path, f"lacks required key(s) {', '.join(repr(k) for k in missing)}")
+    for key in OBJECTS:
+        if key in data and not isinstance(data[key], dict):
+            raise GoldenError(path, f"has {_json_type(data[key])} under {key!r}, not an object")
     return data
 
 
+def read_golden(path: Path) -> dict[str, Any]:
+    """The golden at ``path``, checked; :class:`GoldenError` (one line) when it is not one."""
+    return check_document(path, _parse(path))
+
+
+def update_command(case_id: str) -> str:
+    """The command that (re)writes one case's golden, quoted as the user types it."""
+    return f"'pytest --tprune-update-golden -k \"{case_id}\"'"
+
+
+def broken_message(err: GoldenError, case_id: str) -> str:
+    """The one line a case fails with when its golden is not a usable golden: what, where, how to fix."""
+    if err.newer:
+        return (
+            f"{err}: upgrade pytest-tprune to compare with it, or rewrite it with this version: "
+            f"{update_command(case_id)}"
+        )
+    return f"{err}: rewrite it with {update_command(case_id)} and review it before committing"
+
+
 def same_content(path: Path, content: dict[str, Any]) -> bool:
-    """True when the file already holds exactly this content (no rewrite needed)."""
+    """True when the file already holds exactly this content (no rewrite needed); never raises."""
     try:
         return read_golden(path) == content
-    except (OSError, ValueError):
+    except GoldenError:
         return False
 
 
@@ -105,6 +191,8 @@ def _keyed_diff(expected: dict[str, Any], obtained: dict[str, Any]) -> list[tupl
 
 def diff_golden(expected: dict[str, Any], obtained: dict[str, Any]) -> GoldenDiff:
     figures = _keyed_diff(expected.get("figures", {}), obtained["figures"])
+    groups = _keyed_diff(expected.get("groups", {}), obtained.get("groups", {}))
+    figures += [(f"groups {name}", old, new) for name, old, new in groups]
     for key in ("output_shape", "input_size", "config"):
         if expected.get(key) != obtained[key]:
             figures.append((key, expected.get(key), obtained[key]))

@@ -12,6 +12,7 @@ import math
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from pytest_tprune.cli.base import Parser, emit, fail, parse_or_status
 from pytest_tprune.errors import EXIT_OK
@@ -23,7 +24,7 @@ def compare_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="tprune compare",
         description="Compare two pytest-tprune JSON run reports "
-        "(exit 1 when a case newly fails or disappeared, 2 for bad input).",
+        "(exit 1 when a case newly fails or disappeared, or a report is incomplete; 2 for bad input).",
     )
     parser.add_argument("old", metavar="OLD.json", help="the baseline report (e.g. the pinned library versions)")
     parser.add_argument("new", metavar="NEW.json", help="the report to check (e.g. the upgraded libraries)")
@@ -40,7 +41,11 @@ def compare_parser() -> argparse.ArgumentParser:
 
 
 def compare_main(argv: Sequence[str]) -> int:
-    """``tprune compare OLD.json NEW.json [--format F] [--duration-threshold X]``: 0, 1 regressed, 2 bad input."""
+    """``tprune compare OLD.json NEW.json [--format F] [--duration-threshold X]``.
+
+    0 no regression; 1 regressed or a report is incomplete (the comparison is
+    still printed, with a line naming the incomplete report); 2 bad input.
+    """
     from pytest_tprune.reports.render import RENDERERS
 
     args = parse_or_status(compare_parser(), argv)
@@ -80,10 +85,17 @@ def merge_main(argv: Sequence[str]) -> int:
         write_json_atomic(Path(args.out), document)
     except OSError as err:
         return fail("tprune merge", f"cannot write {args.out}: {err.strerror or err}")
-    if warning:
-        print(f"tprune merge: warning: {warning}", file=sys.stderr)
+    for line in filter(None, (warning, incomplete_warning(document))):
+        print(f"tprune merge: warning: {line}", file=sys.stderr)
     emit(f"tprune merge: {len(reports)} report(s), {len(document['cases'])} case(s) -> {args.out}\n")
     return EXIT_OK
+
+
+def incomplete_warning(document: Mapping[str, Any]) -> str | None:
+    """A line for a merged document of which some input was incomplete, else None."""
+    if document.get("complete", True) is not False:
+        return None
+    return f"incomplete run ({document.get('incomplete_reason')}): only the cases that finished are in it"
 
 
 def table_parser() -> argparse.ArgumentParser:
@@ -116,8 +128,8 @@ def table_main(argv: Sequence[str], families: Mapping[str, str] | None = None) -
 
         families = family_of(c["model"] for c in document["cases"])
     text = render(document, families, args.title, written_date(document, args.reports), partial=warning)
-    if warning:
-        print(f"tprune table: warning: {warning}", file=sys.stderr)
+    for line in filter(None, (warning, incomplete_warning(document))):
+        print(f"tprune table: warning: {line}", file=sys.stderr)
     if args.out is None:
         emit(text)
         return EXIT_OK

@@ -1,7 +1,8 @@
 """Which code made a result: library versions, the engine's fingerprint, the device.
 
-Torch-free except :func:`environment`'s CUDA entries, so a report reader or a
-benchmark driver can tell whether a stored result is current without importing
+Torch-free except :func:`environment`'s CUDA entries and guard status, so a
+report reader, a benchmark driver or the pytest header can tell whether a
+stored result is current (and whether a release was tested) without importing
 torch.
 """
 
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import platform
+import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,15 @@ VERSION = "0.1.0"
 
 GUARDED_LIBRARIES = ("torch", "timm", "torch-pruning")
 """The libraries whose behaviour the suite guards: recorded in every golden and report."""
+
+TESTED_RANGES: dict[str, tuple[str, str]] = {
+    "torch": ("2.15.0", "2.15.0"),
+    "timm": ("1.0.20", "1.0.31"),
+    "torch-pruning": ("1.5.3", "1.6.1"),
+}
+"""The oldest and newest release of each guarded library the suite has been run on
+(docs/upgrades.md, "Older releases", has the runs). A release outside its range runs like
+any other and is reported as untested, never refused; widen the range after a run on it."""
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 FINGERPRINTED = ("engine", "checks")
@@ -34,6 +46,32 @@ def library_versions() -> dict[str, str]:
         except PackageNotFoundError:
             found[name] = "absent"
     return found
+
+
+def untested_notes(versions: Mapping[str, str] | None = None) -> list[str]:
+    """One note per guarded library installed outside :data:`TESTED_RANGES` (``versions``: by default the installed).
+
+    ``torch-pruning 1.7.0 is newer than the newest tested 1.6.1``: the run goes
+    on, and its verdicts are about an untested release, which the header and
+    the report say.
+    """
+    notes = []
+    for name, found in (library_versions() if versions is None else versions).items():
+        tested, release = TESTED_RANGES.get(name), _release(found)
+        if tested is None or release is None:
+            continue
+        oldest, newest = tested
+        if release > (_release(newest) or release):
+            notes.append(f"{name} {found} is newer than the newest tested {newest}")
+        elif release < (_release(oldest) or release):
+            notes.append(f"{name} {found} is older than the oldest tested {oldest}")
+    return notes
+
+
+def _release(version: str) -> tuple[int, ...] | None:
+    """``2.15.0+cu128`` -> (2, 15, 0); None for ``absent`` or a version that does not start with a number."""
+    match = re.match(r"\d+(?:\.\d+)*", version)
+    return tuple(int(part) for part in match.group().split(".")) if match else None
 
 
 def engine_fingerprint(root: Path = PACKAGE_ROOT) -> str:
@@ -69,10 +107,22 @@ def run_identity() -> dict[str, Any]:
 
 
 def environment(device: str) -> dict[str, Any]:
-    """:func:`run_identity` plus the platform, the device and CUDA: what a comparison between runs must show."""
+    """:func:`run_identity` plus the platform, device, CUDA and guards: what a comparison between runs must show.
+
+    ``guards`` is each engine guard's status (active, or unavailable and why)
+    for the installed torch-pruning: a guard that is off changes verdicts, and
+    under xdist this process (the controller) probes for itself, import-only.
+    ``untested`` lists the libraries outside :data:`TESTED_RANGES`, when any.
+    """
+    from pytest_tprune.engine.tp_internals.guards import guard_status
+
     identity = run_identity()
     env: dict[str, Any] = {"python": identity.pop("python"), "platform": platform.platform(), "device": device}
     env.update(identity)
+    env["guards"] = guard_status()
+    notes = untested_notes({name: str(identity[name]) for name in GUARDED_LIBRARIES})
+    if notes:
+        env["untested"] = notes
     try:
         import torch
 

@@ -13,7 +13,14 @@ import fnmatch
 HANG_LIMIT_S = 10.0
 """Time limit for a known hang: long enough to finish if an upgrade fixes it."""
 
-_RAW_FAILURES: dict[str, object] = {}
+_RAW_FAILURES: dict[str, object] = {
+    "test_vit3@r0.50-local": (
+        "[groups] torch-pruning skips a group it offered: the re-rooted attention group of attn_pool takes the "
+        "local ranking scope named 'attn_pool.proj' (base_pruner.py _prune: ranking_scope[module_name] = "
+        "[record], keyed by the root's name without its direction), so attn_pool.proj's own output group is "
+        "ranked and never pruned"
+    ),
+}
 """model pattern -> {config-id pattern: one-line root cause, or None where an exact config id is known
 to pass although a pattern covers it}; ``name@cfg`` keys are folded in below."""
 

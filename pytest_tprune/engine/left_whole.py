@@ -47,6 +47,7 @@ from pytest_tprune.engine.tp_internals import (
     one_line,
     tolerant_index_mappings,
 )
+from pytest_tprune.engine.tp_internals.ledger import install_ledger
 
 if TYPE_CHECKING:
     from torch import nn
@@ -165,6 +166,18 @@ def index_overrun(graph: Any, group: Any) -> str | None:
     return None
 
 
+STOCK_IMPORTANCE_NONE = (
+    "torch-pruning's importance scores none of its members (it knows only its stock pruning functions, "
+    "and a custom pruner hides a layer from it)"
+)
+"""Why a group whose stock importance is None stays whole: torch-pruning drops it silently, the engine says so."""
+
+NO_DOWNSTREAM_ROOT = (
+    "an attention group torch-pruning cannot re-root on a downstream layer (no Linear or Conv it reaches "
+    "consumes its heads): torch-pruning drops it"
+)
+
+
 @cache
 def guarded_pruner() -> type:
     """``MetaPruner`` that ranks only the groups it can prune consistently.
@@ -180,6 +193,7 @@ def guarded_pruner() -> type:
             self.culprits = tuple(culprits)
             with tolerant_index_mappings():  # the graph is built, and its mappings first made, in here
                 super().__init__(*args, **kwargs)
+            self.tprune_ledger = install_ledger(self)  # every group offered from now on gets a fate
 
         @property
         def DG(self) -> Any:
@@ -204,6 +218,8 @@ def guarded_pruner() -> type:
                     imp = super().estimate_importance(group)
                 except (IndexError, RuntimeError) as exc:
                     problem = f"importance raised {one_line(exc)}"
+            if imp is None and problem is None:
+                problem = STOCK_IMPORTANCE_NONE
             if imp is not None and problem is None:
                 grouping = channel_groups(self, group)
                 if grouping > 1 and len(imp) % grouping:
@@ -212,6 +228,18 @@ def guarded_pruner() -> type:
                 return imp
             self._leave_whole(group, problem)
             return None
+
+        def _downstream_node_as_root_if_attention(self, group: Any) -> Any:
+            """torch-pruning's re-rooting of an attention group; one it cannot re-root is left whole, said so.
+
+            torch-pruning drops such a group without a word: its output reaches no
+            Linear or Conv it can map (the heads reshape loses the coupling), so
+            pruning it alone would break the model.
+            """
+            rerooted = super()._downstream_node_as_root_if_attention(group)
+            if rerooted is None:
+                self._leave_whole(group, NO_DOWNSTREAM_ROOT)
+            return rerooted
 
         def _leave_whole(self, group: Any, problem: str) -> None:
             root, direction, channels = group_root(self.DG, group)

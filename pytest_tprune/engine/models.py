@@ -229,10 +229,21 @@ def check_timm_name(name: str) -> None:
 
     if timm.is_model(name):
         return
-    names = timm_model_names()
-    close = difflib.get_close_matches(name, names, n=5, cutoff=0.6)
-    hint = f"did you mean: {', '.join(close)}?" if close else "run 'tprune --list_models PATTERN' to search"
-    raise UsageError(f"unknown timm model '{name}': {hint}")
+    raise UsageError(f"unknown timm model '{name}': {closest_names_hint(name, timm_model_names())}")
+
+
+LIST_MODELS_HINT = "run 'tprune --list_models PATTERN' to search"
+
+
+def closest_names_hint(word: str, names: Iterable[str], fallback: str = LIST_MODELS_HINT) -> str:
+    """``did you mean: a, b?`` with the names closest to a mistyped name or pattern, else ``fallback``.
+
+    The one place that suggests names, so the command line and the pytest
+    options suggest the same ones. Wildcards at the ends of a pattern are
+    dropped first: ``resnt5*`` is closest to the names starting ``resnet5``.
+    """
+    close = difflib.get_close_matches(word.strip("*?") or word, list(names), n=5, cutoff=0.6)
+    return f"did you mean: {', '.join(close)}?" if close else fallback
 
 
 def timm_input_size(name: str, cap: int | None = None) -> tuple[int, int, int]:
@@ -298,9 +309,9 @@ def match_patterns(names: Iterable[str], patterns: Iterable[str]) -> list[str]:
     for pattern in patterns:
         hits = [n for n in pool if fnmatch.fnmatchcase(n, pattern)]
         if not hits:
-            close = difflib.get_close_matches(pattern, pool, n=3, cutoff=0.6)
-            hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            raise UsageError(f"model pattern '{pattern}' matches no model{hint}")
+            is_pattern = any(char in pattern for char in "*?[")
+            what = f"model pattern '{pattern}' matches no model" if is_pattern else f"unknown model '{pattern}'"
+            raise UsageError(f"{what}: {closest_names_hint(pattern, pool)}")
         chosen.update(hits)
     return sorted(chosen)
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_tprune.engine.config import PruneConfig
 from pytest_tprune.engine.left_whole import LeftWhole
+from pytest_tprune.engine.tp_internals.ledger import OfferedGroup
 
 if TYPE_CHECKING:
     import torch
@@ -59,6 +60,10 @@ class PruneOutcome:
     adapted: list[str]
     warnings: list[str]
     timings: dict[str, float]
+    offered: list[OfferedGroup] = field(default_factory=list)
+    """Every group torch-pruning offered, by step, with its fate (:mod:`pytest_tprune.engine.tp_internals.ledger`)."""
+    ignored_groups: int = 0
+    """Groups never offered because an ignored layer is among their outputs."""
 
     @property
     def prune_config(self) -> PruneConfig:

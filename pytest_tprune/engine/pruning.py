@@ -28,6 +28,7 @@ from pytest_tprune.engine.models import ModelSpec, build_model, check_adapters
 from pytest_tprune.engine.outcome import Baseline, GroupRecord, Pruned, PruneOutcome, module_lines, tensor_shapes
 from pytest_tprune.engine.recipe import make_pruner, resolve_device
 from pytest_tprune.engine.tp_internals import channel_groups, group_root, member_modules, removed_count
+from pytest_tprune.engine.tp_internals.ledger import GroupLedger, close_step, note_yielded
 from pytest_tprune.errors import PruneStepError
 
 if TYPE_CHECKING:
@@ -99,17 +100,22 @@ def run_pruner(pruner: Any, steps: int, seed: int, on_group: GroupHook | None = 
 
     ``on_group`` sees each group first; a group it declines is not pruned (nor recorded).
     """
+    import random
+
     import torch
 
     records = []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
+        random.seed(seed)  # torch-pruning < 1.6.1's RandomImportance shuffles with Python's random
         for step in range(1, steps + 1):
             for group in pruner.step(interactive=True):
                 if on_group is not None and not on_group(pruner, group, step):
                     continue
+                note_yielded(pruner, group)
                 records.append(_record_group(pruner, group, step))
                 prune_group(pruner, group)
+            close_step(pruner)
     return records
 
 
@@ -268,6 +274,8 @@ def prune(
         adapted=attempt.adapted,
         warnings=_unique_messages(caught),
         timings={k: round(v, 4) for k, v in clock.timings.items()},
+        offered=attempt.ledger.offered,
+        ignored_groups=attempt.ledger.ignored,
     )
     return Pruned(live, inputs, outcome, baseline, attempt.output)
 
@@ -325,6 +333,7 @@ class _Attempt:
     flop_macs: int
     macs: int
     params: int
+    ledger: GroupLedger
 
 
 def _prune_once(
@@ -357,6 +366,7 @@ def _prune_once(
         except Exception as exc:
             raise _fail("prune", spec, exc) from exc
     left_whole = list(pruner.left_whole)
+    ledger: GroupLedger = getattr(pruner, "tprune_ledger", None) or GroupLedger()
     del pruner
     with clock.step("adapt"):
         try:
@@ -372,7 +382,17 @@ def _prune_once(
             error = _fail("forward", spec, exc, broke.module, _left_whole_note(left_whole))
             raise Broke(error, broke.culprit) from exc
     return _Attempt(
-        model, ignored, heads, groups, left_whole, adapted, output_tensor(output).detach(), flop_macs, macs, params
+        model,
+        ignored,
+        heads,
+        groups,
+        left_whole,
+        adapted,
+        output_tensor(output).detach(),
+        flop_macs,
+        macs,
+        params,
+        ledger,
     )
 
 

@@ -14,9 +14,10 @@ import functools
 import os
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pytest_tprune.engine.measure import unreached_parameters
@@ -37,6 +38,8 @@ class Pristine:
     model: nn.Module
     spec: ModelSpec
     baselines: dict[str, Baseline] = field(default_factory=dict)  # by device
+    derived: dict[str, Any] = field(default_factory=dict)
+    """What other layers derive once per model and share across its configs (the checks' perturbed copy)."""
     _unreached: frozenset[str] | None = None
 
     @property
@@ -142,16 +145,87 @@ torch-pruning's graph (measured: convnext_xxlarge, 846 M parameters, peaks near 
 for the bare prune; the checks' backward adds the rest)."""
 
 
-def memory_budget_bytes() -> int | None:
-    """Physical memory divided among the xdist workers sharing it."""
-    import os
+MEMINFO = Path("/proc/meminfo")
 
+
+@dataclass(frozen=True)
+class MemoryBudget:
+    """What one worker may use: the memory free for new work when it started, shared among the workers.
+
+    ``available`` is the kernel's MemAvailable (free memory plus what it can
+    reclaim): total RAM would count what other processes already hold, so a
+    model that cannot fit would still be tried and grow until the OOM killer
+    ends the worker. ``source`` is ``available``, or ``total`` where MemAvailable
+    cannot be read (no /proc).
+    """
+
+    available: int
+    source: str
+    workers: int
+
+    @property
+    def per_worker(self) -> int:
+        return self.available // self.workers
+
+    def describe(self) -> str:
+        """Where the share comes from, e.g. ``20.0 GiB available at start / 2 worker(s)``."""
+        what = "available at start" if self.source == "available" else "of RAM in total (MemAvailable unreadable)"
+        return f"{self.available / 2**30:.1f} GiB {what} / {self.workers} worker(s)"
+
+
+def read_meminfo_available(meminfo: Path = MEMINFO) -> int | None:
+    """MemAvailable in bytes from ``meminfo``, or None where the file or the line is absent."""
     try:
-        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        text = meminfo.read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        fields = value.split()
+        if key.strip() == "MemAvailable" and fields and fields[0].isdigit():
+            return int(fields[0]) * (1024 if fields[1:2] == ["kB"] else 1)
+    return None
+
+
+def total_memory() -> int | None:
+    """Physical memory in bytes, where the OS says."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return None
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
-    return total // max(workers, 1)
+
+
+def worker_count(environ: Mapping[str, str] = os.environ) -> int:
+    """How many xdist workers share this machine (1 without xdist)."""
+    try:
+        return max(int(environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1), 1)
+    except ValueError:
+        return 1
+
+
+def memory_budget(meminfo: Path = MEMINFO, environ: Mapping[str, str] = os.environ) -> MemoryBudget | None:
+    """This process's :class:`MemoryBudget` as of now; None where no memory figure is readable."""
+    available = read_meminfo_available(meminfo)
+    if available is not None:
+        return MemoryBudget(available, "available", worker_count(environ))
+    total = total_memory()
+    return None if total is None else MemoryBudget(total, "total", worker_count(environ))
+
+
+@functools.cache
+def memory_at_start() -> MemoryBudget | None:
+    """The budget read once per process, the first time it is asked (the plugin asks when a worker starts).
+
+    Read later, it would depend on what the other workers happen to hold at
+    that moment, and which models are skipped would change from run to run.
+    """
+    return memory_budget()
+
+
+def memory_budget_bytes() -> int | None:
+    """This worker's share of the memory available when it started."""
+    budget = memory_at_start()
+    return None if budget is None else budget.per_worker
 
 
 _TOO_BIG: dict[tuple[str, float | None], str | None] = {}
@@ -174,12 +248,19 @@ def _too_big(spec: ModelSpec, max_params: float | None) -> str | None:
         return None
     if max_params is not None and count > max_params:
         return f"{spec.name} has {count / 1e6:.1f} M parameters, over --tprune-max-params={max_params:g}"
-    budget = memory_budget_bytes()
-    if budget is None or count * BYTES_PER_PARAM <= budget:
+    return over_budget_reason(spec.name, count, memory_at_start())
+
+
+def over_budget_reason(name: str, count: int, budget: MemoryBudget | None) -> str | None:
+    """Why a model of ``count`` parameters does not fit this worker's ``budget``, or None when it does."""
+    need = count * BYTES_PER_PARAM
+    if budget is None or need <= budget.per_worker:
         return None
+    fix = "run it with fewer workers (-n)" if budget.workers > 1 else "free memory or run it on a larger machine"
+    # reports/table.py reads "need about X GiB, over this worker's share of memory (Y GiB)": keep that prefix
     return (
-        f"{spec.name}: {count / 1e6:.0f} M parameters need about {count * BYTES_PER_PARAM / 2**30:.1f} GiB, "
-        f"over this worker's share of memory ({budget / 2**30:.1f} GiB); run it with fewer workers"
+        f"{name}: {count / 1e6:.0f} M parameters need about {need / 2**30:.1f} GiB, over this worker's share "
+        f"of memory ({budget.per_worker / 2**30:.1f} GiB): {budget.describe()}; {fix}"
     )
 
 

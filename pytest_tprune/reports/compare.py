@@ -14,8 +14,12 @@ torch-pruning set and the candidate upgrade) and groups what differs:
 * **appeared**: cases of NEW that OLD does not have;
 * **durations**: cases at least FACTOR times slower or faster, by at least a second.
 
-Exit status: 1 when anything regressed (a regression or a disappeared case),
-0 otherwise, 2 with one line on stderr for bad input. A strict xfail that now
+Exit status: 1 when anything regressed (a regression or a disappeared case)
+or when either report is incomplete (an interrupted run lists only the cases
+that finished, so every "disappeared" and every "unchanged" is in doubt: the
+comparison is still shown, with one line saying which report is incomplete),
+0 otherwise, 2 with one line on stderr for bad input. A ``crashed`` case (its
+xdist worker died) is failing: a regression when it did not fail before. A strict xfail that now
 passes (``xpassed``) is changed behaviour, not a regression: the library got
 better, and the run itself already fails until the known failure is dropped. A
 case that appeared is never a regression, even when it fails: it has no past to
@@ -37,13 +41,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pytest_tprune.errors import EXIT_FAILED, EXIT_OK
-from pytest_tprune.reports.schema import Case, Key, Report, ReportError
+from pytest_tprune.reports.schema import FAILING, Case, Key, Report, ReportError
 
 FORMATS = ("text", "markdown", "json")
 COMPARE_SCHEMA = 1  # version of the ``--format json`` document
 DEFAULT_DURATION_FACTOR = 2.0
 MIN_DURATION_DELTA = 1.0  # seconds: a duration change below this is noise, whatever its factor
-FAILING = frozenset({"failed", "error"})
 
 # The raw figures compared, with their labels: both MAC counters, as the report has them.
 FIGURES: tuple[tuple[str, str], ...] = (
@@ -84,6 +87,7 @@ HINTS: dict[tuple[str, str], str] = {
     ("passed", "skipped"): "no longer runs: check the skip reason",
     ("passed", "xfailed"): "now marked as a known failure",
     ("passed", "xpassed"): "now marked as a known failure, which does not fail",
+    ("passed", "interrupted"): "did not finish: its run was interrupted",
 }
 
 
@@ -209,6 +213,8 @@ class Comparison:
     figures: list[FiguresChange] = field(default_factory=list)
     appeared: list[CaseChange] = field(default_factory=list)
     durations: list[DurationChange] = field(default_factory=list)
+    incomplete: list[tuple[str, str]] = field(default_factory=list)
+    """(path, why) of each report whose run did not finish: the comparison cannot be trusted."""
 
     @property
     def regressed(self) -> bool:
@@ -216,7 +222,14 @@ class Comparison:
 
     @property
     def exit_status(self) -> int:
-        return EXIT_FAILED if self.regressed else EXIT_OK
+        return EXIT_FAILED if self.regressed or self.incomplete else EXIT_OK
+
+    @property
+    def verdict(self) -> str:
+        """``regressed``, ``incomplete`` (nothing regressed, but a report is incomplete) or ``ok``."""
+        if self.regressed:
+            return "regressed"
+        return "incomplete" if self.incomplete else "ok"
 
     def counts(self) -> dict[str, int]:
         return {name: len(getattr(self, name)) for name, _ in GROUPS}
@@ -306,6 +319,7 @@ def compare_reports(old: Report, new: Report, duration_factor: float = DEFAULT_D
         settings=dict_changes(old.settings, new.settings),
         compared=len(before.keys() & after.keys()),
         duration_factor=duration_factor,
+        incomplete=[(r.path, r.incomplete_reason) for r in (old, new) if not r.complete],
     )
     for key in sorted(before.keys() | after.keys()):
         case = CaseChange(key, before.get(key), after.get(key))

@@ -1,4 +1,8 @@
-"""Merge the reports of the shards of one run (``--tprune-shard K/N``) into one report."""
+"""Merge the reports of the shards of one run (``--tprune-shard K/N``) into one report.
+
+The merged report is complete only when every input is: one interrupted shard
+makes the whole incomplete, and its reason names the shard.
+"""
 
 from __future__ import annotations
 
@@ -95,6 +99,24 @@ def _union(reports: Iterable[Report], name: str) -> list[Any]:
     return sorted(values)
 
 
+def merge_completeness(reports: list[Report]) -> dict[str, Any]:
+    """``complete`` and ``incomplete_reason`` of the merge: incomplete when any input is, naming which (of several)."""
+    named = len(reports) > 1
+    incomplete = [
+        f"{r.path}: {r.incomplete_reason}" if named else r.incomplete_reason for r in reports if not r.complete
+    ]
+    return {"complete": not incomplete, "incomplete_reason": "; ".join(incomplete) or None}
+
+
+def merge_crashes(reports: list[Report]) -> list[Any]:
+    """Every input's record of crashed workers, in input order."""
+    crashes: list[Any] = []
+    for report in reports:
+        found = report.document.get("crashes")
+        crashes += found if isinstance(found, list) else []
+    return crashes
+
+
 def merge_reports(reports: list[Report]) -> tuple[dict[str, Any], str | None]:
     """One report document from the shards of one run, and a warning (missing shards) or None."""
     settings, warning = merge_settings(reports)
@@ -102,10 +124,12 @@ def merge_reports(reports: list[Report]) -> tuple[dict[str, Any], str | None]:
     document = {
         **reports[0].document,
         **({"finished": finished[-1]} if finished else {}),
+        **merge_completeness(reports),
         "environment": merge_environment(reports),
         "settings": settings,
         "unused_goldens": _union(reports, "unused_goldens"),
         "golden_written": _union(reports, "golden_written"),
+        "crashes": merge_crashes(reports),
         "cases": merge_cases(reports),
     }
     return document, warning

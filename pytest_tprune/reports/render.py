@@ -90,9 +90,20 @@ def unchanged_line(comparison: Comparison, quote: Callable[[str], str] = str) ->
 def summary_line(comparison: Comparison) -> str:
     """``REGRESSED: 1 newly failing, 1 disappeared, ...``: the verdict and the non-empty groups."""
     parts = [f"{n} {SUMMARY_WORDS[name]}" for name, n in comparison.counts().items() if n]
-    verdict = "REGRESSED" if comparison.regressed else "OK"
+    verdict = comparison.verdict.upper()
     details = ", ".join(parts) if parts else "no differences"
     return f"{verdict}: {details} ({comparison.compared} cases in both reports)"
+
+
+def incomplete_line(comparison: Comparison) -> str | None:
+    """One line naming the incomplete report(s): why it cannot be trusted, and that it sets exit status 1."""
+    if not comparison.incomplete:
+        return None
+    which = "; ".join(f"{path} ({one_line(why, 200)})" for path, why in comparison.incomplete)
+    return (
+        f"INCOMPLETE report: {which}: it lists only the cases that finished, "
+        "so this comparison cannot be trusted (exit status 1)"
+    )
 
 
 def duration_title(comparison: Comparison) -> str:
@@ -137,6 +148,9 @@ def text_duration_lines(change: DurationChange) -> list[str]:
 def render_text(comparison: Comparison) -> str:
     """The terminal output: header, one section per non-empty group, the verdict last."""
     lines = [f"tprune compare: {comparison.old_path} -> {comparison.new_path}"]
+    incomplete = incomplete_line(comparison)
+    if incomplete:
+        lines.append(incomplete)
     lines.append(f"environment: {environment_line(comparison)}")
     unchanged = unchanged_line(comparison)
     if unchanged:
@@ -227,8 +241,11 @@ def render_markdown(comparison: Comparison) -> str:
     def code(text: str) -> str:
         return f"`{text}`"
 
-    verdict = "regressed" if comparison.regressed else "no regression"
+    verdict = {"regressed": "regressed", "incomplete": "incomplete report", "ok": "no regression"}[comparison.verdict]
     lines = [f"## tprune compare: {verdict}", "", f"**{summary_line(comparison)}**", ""]
+    incomplete = incomplete_line(comparison)
+    if incomplete:
+        lines += [f"**{incomplete}**", ""]
     lines.append(f"`{comparison.old_path}` -> `{comparison.new_path}`")
     lines += ["", f"**Environment:** {environment_line(comparison, code)}"]
     unchanged = unchanged_line(comparison, code)
@@ -289,8 +306,9 @@ def render_json(comparison: Comparison) -> str:
         "tool": "pytest-tprune compare",
         "old": comparison.old_path,
         "new": comparison.new_path,
-        "verdict": "regressed" if comparison.regressed else "ok",
+        "verdict": comparison.verdict,
         "exit_status": comparison.exit_status,
+        "incomplete": [{"report": path, "reason": why} for path, why in comparison.incomplete],
         "compared": comparison.compared,
         "counts": comparison.counts(),
         "environment": {

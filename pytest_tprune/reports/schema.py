@@ -15,7 +15,11 @@ from pathlib import Path
 from typing import Any
 
 REPORT_SCHEMA = 1
-OUTCOMES = ("passed", "failed", "skipped", "xfailed", "xpassed", "error")
+OUTCOMES = ("passed", "failed", "skipped", "xfailed", "xpassed", "error", "crashed", "interrupted")
+"""A case's outcome. ``crashed``: its xdist worker died while running it (pytest counts it as failed);
+``interrupted``: the run was stopped while it ran (Ctrl-C, ``-x`` under xdist), so it never finished."""
+FAILING = frozenset({"failed", "error", "crashed"})
+"""Outcomes that are a failure of the case: a regression when the case did not fail before."""
 
 Key = tuple[str, ...]
 Case = dict[str, Any]
@@ -39,8 +43,11 @@ class CaseRow:
     reason: str | None = None
     figures: dict[str, Any] = field(default_factory=dict)
     duration: float = 0.0
+    crash: dict[str, Any] | None = None
+    """For a ``crashed`` case: the worker id, its exit code or signal, xdist's error text."""
 
     def to_dict(self) -> dict[str, Any]:
+        crash = {"crash": self.crash} if self.crash is not None else {}
         return {
             "nodeid": self.nodeid,
             "model": self.model,
@@ -50,16 +57,29 @@ class CaseRow:
             "failed_check": self.failed_check,
             "reason": self.reason,
             "duration": round(self.duration, 4),
+            **crash,
             **self.figures,
         }
 
 
-def report_document(rows: list[CaseRow], environment: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    """The JSON report; ``finished`` (UTC) dates the run even after a clone resets the file's mtime."""
+def report_document(
+    rows: list[CaseRow],
+    environment: dict[str, Any],
+    extra: dict[str, Any],
+    incomplete_reason: str | None = None,
+) -> dict[str, Any]:
+    """The JSON report; ``finished`` (UTC) dates the run even after a clone resets the file's mtime.
+
+    ``complete`` is false when the run stopped before every collected test
+    finished (``incomplete_reason`` says why): such a report lists only the
+    cases that finished, so a reader must not take it for the whole run.
+    """
     return {
         "schema": REPORT_SCHEMA,
         "tool": "pytest-tprune",
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "complete": incomplete_reason is None,
+        "incomplete_reason": incomplete_reason,
         "environment": environment,
         **extra,
         "cases": [row.to_dict() for row in sorted(rows, key=lambda r: (r.model, r.config_id, r.nodeid))],
@@ -90,6 +110,34 @@ class Report:
     def cases(self) -> list[Case]:
         cases: list[Case] = self.document["cases"]
         return cases
+
+    @property
+    def complete(self) -> bool:
+        return is_complete(self.document)
+
+    @property
+    def incomplete_reason(self) -> str:
+        """Why the run is incomplete, as the report says (a generic text for a report that says nothing)."""
+        reason = self.document.get("incomplete_reason")
+        return str(reason) if reason else "the run stopped before every test finished"
+
+
+def is_complete(document: dict[str, Any]) -> bool:
+    """Whether a report covers its whole run.
+
+    Reports written before ``complete`` existed have no such key; every one of
+    them was written at the end of a run, so a missing key reads as complete.
+    """
+    return document.get("complete", True) is not False
+
+
+def existing_complete_report(path: Path) -> bool:
+    """Whether ``path`` holds a complete pytest-tprune report (one an interrupted run must not replace)."""
+    try:
+        document = read_json(str(path))
+    except ReportError:
+        return False
+    return isinstance(document, dict) and document.get("tool") == "pytest-tprune" and is_complete(document)
 
 
 def read_json(path: str) -> Any:
@@ -132,6 +180,8 @@ def load_report(path: str) -> Report:
             f"{path} has report schema {schema!r}, this pytest-tprune reads schema {REPORT_SCHEMA}: "
             "compare reports written by the same pytest-tprune version"
         )
+    if not isinstance(document.get("complete", True), bool):
+        raise ReportError(f"{path} is not a valid pytest-tprune report: 'complete' is not true or false")
     cases = document.get("cases")
     if not isinstance(cases, list):
         raise ReportError(f"{path} is not a valid pytest-tprune report: 'cases' is not a list")

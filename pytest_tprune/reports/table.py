@@ -34,7 +34,7 @@ from pytest_tprune.reports.schema import Case
 
 NOT_TIMM = "(not a timm model)"
 KNOWN_PREFIX = "known failure: "
-OUTCOME_ORDER = ("passed", "xfailed", "xpassed", "failed", "error", "skipped")
+OUTCOME_ORDER = ("passed", "xfailed", "xpassed", "failed", "error", "crashed", "skipped", "interrupted")
 CAUSE_WIDTH = 140  # characters of a free-text cause kept in a cell
 NAMES_PER_CAUSE = 12
 """Models named per cause in a cell; the rest are counted. A zoo run's vision_transformer row has dozens of
@@ -101,7 +101,24 @@ def nothing_pruned(case: Case) -> bool:
     )
 
 
+def crash_cause(case: Case) -> Cause:
+    """A crashed worker, grouped by how it died (``signal 11 SIGSEGV``, ``exit code 1``); the worker per model."""
+    found = case.get("crash")
+    crash: dict[str, Any] = found if isinstance(found, dict) else {}
+    if crash.get("signal") is not None:
+        how = f"signal {crash['signal']} {crash.get('signal_name') or ''}".rstrip()
+    elif crash.get("exit_code") is not None:
+        how = f"exit code {crash['exit_code']}"
+    else:
+        how = "exit status unknown"
+    return Cause("failed", f"crashed its worker ({how})", str(crash.get("worker_id") or "") or None)
+
+
 def failure_cause(case: Case) -> Cause:
+    if case["outcome"] == "crashed":
+        return crash_cause(case)
+    if case["outcome"] == "interrupted":
+        return Cause("skipped", "interrupted: the run stopped before the case finished")
     if case["outcome"] == "xpassed":
         return Cause("failed", "passes although known to fail: drop its known failure")
     timeout = _TIMEOUT.search(str(case.get("reason") or ""))
@@ -209,6 +226,14 @@ def run_line(document: Mapping[str, Any], written: str) -> str:
     return f"Run on {written} with {versions}; device {env.get('device')}{shard_text}. Rendered by `tprune table`."
 
 
+def incomplete_note(document: Mapping[str, Any]) -> list[str]:
+    """The header's line for a report (or a shard of it) whose run was interrupted, else nothing."""
+    if document.get("complete", True) is not False:
+        return []
+    reason = str(document.get("incomplete_reason") or "the run stopped before every test finished")
+    return [f"**Incomplete run:** {reason}; only the cases that finished are counted.", ""]
+
+
 def render(
     document: Mapping[str, Any], families: Mapping[str, str], title: str, written: str, partial: str | None = None
 ) -> str:
@@ -223,6 +248,7 @@ def render(
         "",
         run_line(document, written),
         "",
+        *incomplete_note(document),
         *([f"**Partial run:** {partial}.", ""] if partial else []),
         f"**{outcomes['passed']} of {len(cases)} cases pass every check{share}**, in {len(grouped)} families; "
         f"in {clean} of them every case passes. "

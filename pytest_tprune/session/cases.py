@@ -16,6 +16,7 @@ from pytest_tprune.engine.config import PruneConfig
 from pytest_tprune.engine.models import ModelSpec, match_patterns, registered_models
 from pytest_tprune.errors import UsageError
 from pytest_tprune.session.state import CaseParam, RunState
+from pytest_tprune.session.usage import selection_failed
 
 if TYPE_CHECKING:
     from pytest_tprune.session.settings import Settings
@@ -65,11 +66,19 @@ def select_models(config: pytest.Config, settings: Settings) -> dict[str, ModelS
     clash = sorted(timm_names & set(extra))
     if clash:
         raise UsageError(f"downstream model name(s) {', '.join(clash)} clash with timm models: rename them")
-    names = match_patterns(timm_names | set(extra), patterns)
+    names = _matching(timm_names | set(extra), patterns, "--tprune-models" if settings.models else "the default models")
     if settings.exclude:
-        excluded = set(match_patterns(names, settings.exclude)) if names else set()
+        excluded = set(_matching(names, settings.exclude, "--tprune-exclude")) if names else set()
         names = [n for n in names if n not in excluded]
     return {name: extra[name] if name in extra else timm_spec(name, settings.input_size) for name in names}
+
+
+def _matching(names: Iterable[str], patterns: Iterable[str], option: str) -> list[str]:
+    """:func:`~pytest_tprune.engine.models.match_patterns`, its error naming the option it came from."""
+    try:
+        return match_patterns(names, patterns)
+    except UsageError as err:
+        raise UsageError(f"{option}: {err}") from None
 
 
 def run_models(config: pytest.Config, state: RunState) -> dict[str, ModelSpec]:
@@ -152,7 +161,7 @@ def parametrize(metafunc: pytest.Metafunc, state: RunState) -> None:
     try:
         params = case_params(run_models(metafunc.config, state), state.settings, marker_values(metafunc))
     except UsageError as err:
-        raise pytest.UsageError(str(err)) from None
+        raise selection_failed(metafunc.config, err) from None  # one line and exit 4, also under xdist
     if not params:
         params = [pytest.param(None, id="no-cases", marks=pytest.mark.skip(reason=NO_CASES_REASON))]
     metafunc.parametrize("tprune_case", params, indirect=True)

@@ -2,13 +2,27 @@
 
 Runs on the controller (or the single process without xdist): the only
 process that prints or writes for the run.
+
+Two things make a run's record less than it seems, and both are said here
+rather than hidden. A case whose xdist worker died is ``crashed`` (pytest
+counts it as failed; its row would otherwise read ``passed``, from its setup
+report). A run that stopped before every collected test finished (Ctrl-C,
+``-x``, exhausted worker restarts) is incomplete: its report says
+``"complete": false`` and why, a case cut off while running is
+``interrupted`` (never ``passed``), tests that never started are left out,
+unused goldens are not judged, and a complete report already at the report's
+path is kept unless ``--tprune-report-replace-complete`` is given (the
+incomplete one then goes next to it as ``NAME.incomplete.json``).
 """
 
 from __future__ import annotations
 
+import signal
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pytest_tprune.session.state import CASE_KEY, CHECK_KEY, FIGURES_KEY, WRITTEN_KEY, RunState
+from pytest_tprune.session.state import CASE_KEY, CHECK_KEY, CRASH_ATTR, FIGURES_KEY, WRITTEN_KEY, RunState
 
 if TYPE_CHECKING:
     import pytest
@@ -53,6 +67,12 @@ def observe_report(state: RunState, report: pytest.TestReport) -> None:
     """Fold one phase's report into the case's row (controller and single process)."""
     from pytest_tprune.reports.schema import CaseRow
 
+    crash = getattr(report, CRASH_ATTR, None)
+    if crash is None and report.when == "???" and hasattr(report, "node"):
+        crash = crash_info(state, report.node)  # another plugin's pytest_handlecrashitem answered first
+    if crash is not None:
+        note_crash(state, report.nodeid, crash)
+        return
     props = _props(report)
     if CASE_KEY not in props:
         return
@@ -78,6 +98,85 @@ def observe_report(state: RunState, report: pytest.TestReport) -> None:
             state.written.append(path)
 
 
+# --- crashed workers ------------------------------------------------------------------------------------------------
+
+
+def worker_returncode(node: Any, wait_s: float = 1.0) -> int | None:
+    """A dead xdist worker's exit status, from execnet's private Popen handle; None when unknown.
+
+    The pipe's end can arrive before the child is reaped (poll() gives None,
+    a short wait then gives -11), so poll, then wait briefly. Every step is
+    guarded: the handle is private and absent for ssh/socket gateways.
+    """
+    popen = getattr(getattr(getattr(node, "gateway", None), "_io", None), "popen", None)
+    try:
+        code = popen.poll() if popen is not None else None
+        if code is None and popen is not None:
+            code = popen.wait(timeout=wait_s)
+    except Exception:  # subprocess.TimeoutExpired, OSError, or execnet internals changed
+        return None
+    return code if isinstance(code, int) else None
+
+
+def describe_returncode(code: int | None) -> dict[str, Any]:
+    """A return code as exit code or signal (negative: killed by that signal)."""
+    if code is None or code >= 0:
+        return {"returncode": code, "exit_code": code, "signal": None, "signal_name": None}
+    try:
+        name: str | None = signal.Signals(-code).name
+    except ValueError:
+        name = None
+    return {"returncode": code, "exit_code": None, "signal": -code, "signal_name": name}
+
+
+def worker_down(node: Any, error: Any) -> dict[str, Any]:
+    """How an xdist worker went down: ``crashed`` with its exit code or signal, or ``interrupted``.
+
+    A worker stopped by a KeyboardInterrupt (error ``keyboard-interrupt``, or a
+    ``workeroutput`` with exit status 2) is still alive here: it is not waited for.
+    """
+    worker_id = str(getattr(getattr(node, "gateway", None), "id", None) or "gw?")
+    output = getattr(node, "workeroutput", None)
+    stopped = error == "keyboard-interrupt" or (isinstance(output, dict) and output.get("exitstatus") == 2)
+    code = None if stopped else worker_returncode(node)
+    kind = "interrupted" if stopped else "crashed"
+    return {
+        "worker_id": worker_id,
+        "kind": kind,
+        "error": None if error is None else str(error),
+        **describe_returncode(code),
+    }
+
+
+def crash_info(state: RunState, node: Any) -> dict[str, Any]:
+    """What is known of the worker a crash report names (noted at ``pytest_testnodedown``, which comes first)."""
+    worker_id = str(getattr(getattr(node, "gateway", None), "id", None) or "gw?")
+    known = state.workers_down.get(worker_id)
+    return dict(known) if known is not None else worker_down(node, None)
+
+
+def note_crash(state: RunState, nodeid: str, crash: dict[str, Any]) -> None:
+    """The test's worker died under it: its row (if a case) is ``crashed`` or ``interrupted``, never ``passed``."""
+    from pytest_tprune.reports.summary import crash_detail
+
+    state.finished.add(nodeid)  # no logfinish will come for it
+    crashed = crash.get("kind") != "interrupted"
+    if crashed:
+        state.crashes.append({"nodeid": nodeid, **{k: v for k, v in crash.items() if k != "kind"}})
+    row = state.rows.get(nodeid)
+    if row is None:
+        return
+    row.outcome, row.failed_check = ("crashed" if crashed else "interrupted"), None
+    if crashed:
+        row.crash = {k: v for k, v in crash.items() if k != "kind"}
+        row.reason = f"its xdist worker crashed while running it ({crash_detail(row.crash)})"
+    else:
+        row.reason = f"its xdist worker {crash.get('worker_id')} was interrupted (KeyboardInterrupt) while running it"
+
+
+# --- unused goldens -------------------------------------------------------------------------------------------------
+
+
 def unused_goldens(state: RunState) -> list[str]:
     """Golden files of fully selected, run models that no generated case uses.
 
@@ -85,12 +184,15 @@ def unused_goldens(state: RunState) -> list[str]:
     so narrowing a run never reports another run's goldens as unused; with
     ratios or modes given on the command line, only goldens of those ratios
     and modes are judged (``--tprune-ratios=0.5`` leaves the 0.3 goldens alone).
+    A model with a crashed case is not judged: its worker's collection was
+    lost with it, and its goldens' fate is the crash's to explain.
     """
     golden_dir = state.settings.golden_dir
     ran = {row.model for row in state.rows.values()}
     deselected = {model for model, _ in state.generated - state.selected}
+    crashed = {row.model for row in state.rows.values() if row.outcome in ("crashed", "interrupted")}
     unused = []
-    for model in sorted(ran - deselected):
+    for model in sorted(ran - deselected - crashed):
         folder = golden_dir / model
         known = {cid for m, cid in state.generated if m == model}
         for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
@@ -107,42 +209,126 @@ def _in_scope(config_id: str, settings: Settings) -> bool:
     return ratio in {f"r{r:.2f}" for r in settings.ratios} and rest.split("-")[0] in settings.modes
 
 
-def finish_run(state: RunState) -> bool:
-    """Unused goldens and the JSON report; True when the run must fail."""
+@dataclass(frozen=True)
+class RunEnd:
+    """How pytest ended the session, as far as completeness goes."""
+
+    exitstatus: int
+    stopped: str | None = None
+    """``session.shouldfail`` or ``shouldstop`` (``-x``, ``--maxfail`` without xdist)."""
+    collect_only: bool = False
+
+
+INTERRUPTED_EXIT = 2  # pytest.ExitCode.INTERRUPTED, without importing pytest here
+
+
+def incomplete_reason(state: RunState, end: RunEnd) -> str | None:
+    """Why the run does not cover every collected test, in one line; None for a complete run.
+
+    The exit status alone cannot say: ``-x`` exits 1 without xdist and 2 with
+    it, exhausted worker restarts exit 1 with tests never run. So the tests
+    collected, started and finished are compared, and an interrupt always counts.
+    """
+    cut_off = state.started - state.finished
+    never = 0 if end.collect_only else len((state.collected or set()) - state.started)
+    parts = []
+    if state.interrupt is not None:
+        parts.append(f"interrupted ({state.interrupt})")
+    elif end.exitstatus == INTERRUPTED_EXIT:
+        parts.append("interrupted")
+    elif end.stopped and (cut_off or never):
+        parts.append(f"stopped ({end.stopped})")
+    if cut_off:
+        parts.append(f"{len(cut_off)} test(s) cut off while running")
+    if never:
+        parts.append(f"{never} collected test(s) never started")
+    return "; ".join(parts) or None
+
+
+def mark_cut_off(state: RunState) -> None:
+    """A case that was running when the run stopped has only its setup report: ``interrupted``, not ``passed``."""
+    for nodeid in sorted(state.started - state.finished):
+        row = state.rows.get(nodeid)
+        if row is not None:
+            row.outcome, row.failed_check = "interrupted", None
+            row.reason = "the run was interrupted while this case ran: it did not finish"
+
+
+def incomplete_path(path: Path) -> Path:
+    """Where an incomplete report goes when a complete one is kept: ``report.json`` -> ``report.incomplete.json``."""
+    return path.with_name(f"{path.stem}.incomplete{path.suffix or '.json'}")
+
+
+def finish_run(state: RunState, end: RunEnd) -> bool:
+    """Completeness, unused goldens and the JSON report; True when the run must fail.
+
+    Unused goldens are judged only for a complete run whose collection is
+    known: an interrupted xdist run receives no worker's collection, and
+    judging against nothing would call every golden unused.
+    """
+    state.incomplete_reason = incomplete_reason(state, end)
+    mark_cut_off(state)
+    if state.settings.shard is None and state.incomplete_reason is None and state.collection_known:
+        state.unused = unused_goldens(state)
+    written = write_report(state) if state.settings.report is not None else True
+    return (bool(state.unused) and not state.settings.warn_unused) or not written
+
+
+def write_report(state: RunState) -> bool:
+    """Write the JSON report (never replacing a complete one with an incomplete one unless asked); False on failure."""
     from pytest_tprune.engine.identity import environment
     from pytest_tprune.reports.atomic import write_json_atomic
-    from pytest_tprune.reports.schema import report_document
+    from pytest_tprune.reports.schema import existing_complete_report, report_document
 
-    if state.settings.shard is None:
-        state.unused = unused_goldens(state)
-    if state.settings.report is not None:
-        extra = {
-            "settings": {
-                "ratios": list(state.settings.ratios),
-                "modes": list(state.settings.modes),
-                "shard": state.settings.shard,
-            },
-            "unused_goldens": state.unused,
-            "golden_written": sorted(state.written),
-        }
-        write_json_atomic(
-            state.settings.report,
-            report_document(list(state.rows.values()), environment(state.settings.device), extra),
+    settings, reason = state.settings, state.incomplete_reason
+    assert settings.report is not None
+    target = settings.report
+    keep = reason is not None and not settings.report_replace_complete and existing_complete_report(target)
+    if keep:
+        target = incomplete_path(settings.report)
+    extra = {
+        "settings": {"ratios": list(settings.ratios), "modes": list(settings.modes), "shard": settings.shard},
+        "unused_goldens": state.unused,
+        "golden_written": sorted(state.written),
+        "crashes": state.crashes,
+    }
+    document = report_document(list(state.rows.values()), environment(settings.device), extra, reason)
+    try:
+        write_json_atomic(target, document)
+    except OSError as err:
+        state.report_lines.append(f"tprune: could not write the JSON report to {target}: {err.strerror or err}")
+        return False
+    if reason is None:
+        state.report_lines.append(f"tprune: JSON report written to {target}")
+    elif keep:
+        state.report_lines.append(
+            f"tprune: kept the complete report at {settings.report}; this run's incomplete report "
+            f"went to {target} (--tprune-report-replace-complete lets it replace the complete one)"
         )
-    return bool(state.unused) and not state.settings.warn_unused
+    else:
+        state.report_lines.append(f'tprune: incomplete JSON report ("complete": false) written to {target}')
+    return True
 
 
 def summary_lines(state: RunState) -> list[str]:
-    from pytest_tprune.reports.summary import summary_table
+    from pytest_tprune.reports.summary import crash_detail, summary_table
 
     rows: list[CaseRow] = list(state.rows.values())
     lines = summary_table(rows) if rows else []
+    for crash in [c for c in state.crashes if c["nodeid"] not in state.rows][:20]:  # cases: in the table
+        lines.append(f"tprune: worker crashed ({crash_detail(crash)}) while running {crash['nodeid']}")
     if state.written:
         lines.append(f"tprune: wrote {len(state.written)} golden file(s) under {state.settings.golden_dir}")
     if state.unused:
         verdict = "warning" if state.settings.warn_unused else "error (use --tprune-warn-unused to only warn)"
         lines.append(f"tprune: {len(state.unused)} unused golden file(s), {verdict}:")
         lines += [f"  {path}" for path in state.unused[:50]]
-    if state.settings.report is not None:
-        lines.append(f"tprune: JSON report written to {state.settings.report}")
-    return lines
+    if state.incomplete_reason is not None and (rows or state.settings.report is not None):
+        lines.append(
+            f"tprune: INCOMPLETE run: {state.incomplete_reason}; {len(rows)} case(s) recorded, "
+            "unused goldens not judged"
+        )
+    from pytest_tprune.session.header import guards_line
+
+    guards = guards_line(state)
+    return lines + ([guards] if guards else []) + state.report_lines

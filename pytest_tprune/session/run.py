@@ -14,10 +14,11 @@ import pytest
 
 from pytest_tprune.errors import UsageError
 from pytest_tprune.session.cases import case_keys, case_param, run_models
-from pytest_tprune.session.settings import parse_settings
+from pytest_tprune.session.settings import check_report_path, parse_settings
 from pytest_tprune.session.state import (
     CASE_KEY,
     CHECK_KEY,
+    CRASH_ATTR,
     FIGURES_KEY,
     STATE,
     WORKER_OUTPUT_KEY,
@@ -45,6 +46,8 @@ def configure(config: pytest.Config) -> None:
         return
     try:
         settings = parse_settings(config)
+        if settings.report is not None:
+            check_report_path(settings.report)
         if settings.device.startswith("cuda"):
             from pytest_tprune.engine.recipe import resolve_device
 
@@ -54,6 +57,11 @@ def configure(config: pytest.Config) -> None:
     state = RunState(settings)
     config.stash[STATE] = state
     config.pluginmanager.register(RunReporter(state), "tprune-reporter")
+    from pytest_tprune.engine.resources import memory_at_start
+    from pytest_tprune.session.usage import SelectionErrors
+
+    config.pluginmanager.register(SelectionErrors(config), "tprune-selection-errors")  # bad selection: 1 line, exit 4
+    memory_at_start()  # before any case, so the memory guard does not depend on what another worker has loaded
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(XdistController(state), "tprune-xdist")
 
@@ -165,10 +173,33 @@ def is_worker(config: pytest.Config) -> bool:
 
 
 class RunReporter:
-    """Registered per run: observes reports and finishes the run (summary, unused goldens, JSON)."""
+    """Registered per run: observes reports and finishes the run (summary, unused goldens, JSON).
+
+    It also keeps what tells a whole run from a cut-short one, since the exit
+    status does not (``-x`` exits 1 without xdist and 2 with it, exhausted
+    worker restarts exit 1): the tests collected, started and finished, and
+    what interrupted the run.
+    """
 
     def __init__(self, state: RunState) -> None:
         self.state = state
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        if session.config.pluginmanager.getplugin("dsession") is not None:
+            return  # an xdist controller collects nothing: XdistController hears the workers' collections
+        self.state.collected = {item.nodeid for item in session.items}
+        self.state.collection_known = True
+
+    def pytest_runtest_logstart(self, nodeid: str) -> None:
+        self.state.started.add(nodeid)
+
+    def pytest_runtest_logfinish(self, nodeid: str) -> None:
+        self.state.finished.add(nodeid)
+
+    def pytest_keyboard_interrupt(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+        exc = excinfo.value
+        kind = type(exc).__qualname__ if type(exc).__module__ == "builtins" else type(exc).__name__
+        self.state.interrupt = f"{kind}: {exc}" if str(exc) else kind
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         from pytest_tprune.session.outcomes import observe_report
@@ -181,9 +212,14 @@ class RunReporter:
             payload = {"generated": sorted(state.generated), "selected": sorted(state.selected)}
             config.workeroutput[WORKER_OUTPUT_KEY] = json.dumps(payload)  # type: ignore[attr-defined]
             return
-        from pytest_tprune.session.outcomes import finish_run
+        from pytest_tprune.session.outcomes import RunEnd, finish_run
 
-        if finish_run(state) and session.exitstatus == pytest.ExitCode.OK:
+        end = RunEnd(
+            exitstatus=int(exitstatus),
+            stopped=str(session.shouldfail or session.shouldstop or "") or None,
+            collect_only=bool(config.option.collectonly),
+        )
+        if finish_run(state, end) and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
     def pytest_terminal_summary(self, terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
@@ -199,16 +235,45 @@ class RunReporter:
 
 
 class XdistController:
-    """Registered only when xdist is loaded: merges what each worker collected."""
+    """Registered only when xdist is loaded: merges what each worker collected, and notes workers that died.
+
+    A worker that dies (``os._exit``, a segfault in a forward) is reported by
+    xdist as ``pytest_testnodedown`` with an error and no ``workeroutput``,
+    then a synthesised failed report for the test it was running. The exit
+    code or signal is only on execnet's private Popen handle, read with every
+    step guarded (see :func:`pytest_tprune.session.outcomes.worker_down`).
+    """
 
     def __init__(self, state: RunState) -> None:
         self.state = state
 
     @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
+        if self.state.collected is None:
+            self.state.collected = set(ids)
+
+    @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        # Called twice for a worker stopped by KeyboardInterrupt (error None, then "keyboard-interrupt").
+        if error is not None:
+            from pytest_tprune.session.outcomes import worker_down
+
+            info = worker_down(node, error)
+            self.state.workers_down[info["worker_id"]] = info
         raw = getattr(node, "workeroutput", {}).get(WORKER_OUTPUT_KEY)
         if not raw:
             return
         payload = json.loads(raw)
         self.state.generated |= {tuple(key) for key in payload["generated"]}
         self.state.selected |= {tuple(key) for key in payload["selected"]}
+        self.state.collection_known = True
+
+    @pytest.hookimpl(optionalhook=True, tryfirst=True)
+    def pytest_handlecrashitem(self, crashitem: str, report: Any, sched: Any) -> None:
+        """Attach how the worker went down to its crash report; return None (a firstresult hook: claim nothing).
+
+        ``report.outcome`` stays ``failed``: rewriting it would turn the run green.
+        """
+        from pytest_tprune.session.outcomes import crash_info
+
+        setattr(report, CRASH_ATTR, crash_info(self.state, getattr(report, "node", None)))

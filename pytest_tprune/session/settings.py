@@ -9,6 +9,7 @@ the first test asks for cases.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,12 +37,20 @@ OPTIONS: tuple[tuple[str, str, str | None, bool], ...] = (
     ("max-params", "skip models with more parameters than this, e.g. 50e6 (default: no limit)", None, False),
     ("input-size", "cap the input's spatial size where the model allows (default: the model's own)", None, False),
     ("report", "write the JSON run report to this path", None, False),
+    (
+        "report-replace-complete",
+        "let an interrupted run's incomplete report replace a complete one at --tprune-report's path "
+        "(default: keep it and write NAME.incomplete.json next to it)",
+        None,
+        True,
+    ),
     ("timeout", "per-case time limit in seconds, 0 for none (default: 300)", "300", False),
     ("shard", "run only shard K of N of the cases, as K/N (deterministic)", None, False),
     ("seed", "seed of weight init and inputs (default: 0)", "0", False),
     (
         "checks",
-        "checks check_all() runs: forward,shapes,golden,reduction (default: all); "
+        "checks check_all() runs, from forward,shapes,groups,equivalence,golden,reduction "
+        "(default: all but equivalence); "
         "e.g. 'forward,shapes,reduction' for a zoo sweep without goldens",
         None,
         False,
@@ -90,6 +99,8 @@ class Settings:
     checks: tuple[str, ...]
     configs_narrowed: bool = False
     """Ratios or modes came from the command line: goldens outside them are not judged unused."""
+    report_replace_complete: bool = False
+    """An incomplete run's report may replace a complete report at ``report`` (else it goes next to it)."""
 
 
 def _number(text: str, what: str, minimum: float) -> float:
@@ -163,14 +174,34 @@ def parse_settings(config: pytest.Config) -> Settings:
         seed=int(seed),
         checks=parse_checks(_text(config, "checks", None)),
         configs_narrowed=_raw(config, "ratios")[1] or _raw(config, "modes")[1],
+        report_replace_complete=_flag(config, "report-replace-complete"),
     )
 
 
+def check_report_path(path: Path) -> None:
+    """Raise a UsageError unless the report can be written at ``path`` at the end of the run.
+
+    Checked at start-up so that a typo costs seconds, not a run: the path must
+    not be a directory, and its nearest existing ancestor must be a directory
+    this process may create files in (missing folders are created when the
+    report is written). Nothing is created or changed here.
+    """
+    if path.is_dir():
+        raise UsageError(f"--tprune-report {path} is a directory: give a file path such as {path / 'report.json'}")
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UsageError(f"--tprune-report {path}: {ancestor} is not a directory, so the report cannot go there")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UsageError(f"--tprune-report {path}: cannot write in {ancestor} (permission denied)")
+
+
 def parse_checks(text: str | None) -> tuple[str, ...]:
-    from pytest_tprune.checks.case import CHECKS
+    from pytest_tprune.checks.case import CHECKS, DEFAULT_CHECKS
 
     if text is None:
-        return CHECKS
+        return DEFAULT_CHECKS
     chosen = split_list(text, "check")
     unknown = [c for c in chosen if c not in CHECKS]
     if unknown:

@@ -9,7 +9,7 @@ the :class:`RunState` and is never sent anywhere.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -30,6 +30,8 @@ CHECK_KEY = "tprune_check"
 """The check that failed: a check's name, ``prune:<step>`` or ``timeout``."""
 WORKER_OUTPUT_KEY = "tprune"
 """The ``workeroutput`` entry holding what a worker collected."""
+CRASH_ATTR = "_tprune_crash"
+"""Attribute xdist's synthesised crash report carries on the controller: how its worker went down."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,24 @@ class RunState:
     rows: dict[str, CaseRow] = field(default_factory=dict)
     written: list[str] = field(default_factory=list)
     unused: list[str] = field(default_factory=list)
+    collection_known: bool = False
+    """``generated``/``selected`` hold a whole collection: this process's, or at least one xdist worker's
+    (every worker collects the same cases; a worker that crashed or was interrupted sends nothing)."""
+    collected: set[str] | None = None
+    """Every test the run was to run (cases or not); None until collection is known."""
+    started: set[str] = field(default_factory=set)
+    finished: set[str] = field(default_factory=set)
+    """Tests whose protocol ended: ``logfinish`` seen, or their worker's crash report."""
+    workers_down: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """xdist worker id -> how it went down (crashed or interrupted, exit code or signal)."""
+    crashes: list[dict[str, Any]] = field(default_factory=list)
+    """Every test whose worker died under it, case or not: nodeid, worker id, exit code or signal."""
+    interrupt: str | None = None
+    """What interrupted the run (``pytest_keyboard_interrupt``), as type and message."""
+    incomplete_reason: str | None = None
+    """Set when the run finished: why it did not cover every collected test (None: complete)."""
+    report_lines: list[str] = field(default_factory=list)
+    """What the summary says about where the JSON report went (and a complete one kept)."""
 
 
 STATE = pytest.StashKey[RunState]()

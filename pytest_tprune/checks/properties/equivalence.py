@@ -93,6 +93,7 @@ class EquivalenceReport:
     checked: list[str]  # labels of the groups pruned and compared
     skipped: dict[str, list[str]]  # label -> why soft pruning is not equivalent there
     error: float  # max |pruned - soft| / (1 + max |soft|) of the combined comparison
+    recorded: RecordedPrune | None = None  # the prune of every checkable group together, for further checks
 
     @property
     def ok(self) -> bool:
@@ -175,7 +176,7 @@ def equivalence_report(
     }
     checked = [g.label for g in recorded.groups]
     if error <= tolerance:
-        return EquivalenceReport([], checked, skipped, error)
+        return EquivalenceReport([], checked, skipped, error, recorded)
     problems = []
     for key in dict.fromkeys(g.key for g in recorded.groups):
         alone = prune_where(lambda group, key=key: group.key == key)  # type: ignore[misc]
@@ -194,4 +195,4 @@ def equivalence_report(
             f"the groups pruned together differ from the soft-pruned original by {error:.3g} relative "
             f"(tolerance {tolerance:g}), though each group alone matches: {', '.join(checked[:8])}"
         )
-    return EquivalenceReport(problems, checked, skipped, error)
+    return EquivalenceReport(problems, checked, skipped, error, recorded)

@@ -35,14 +35,19 @@ from pytest_tprune.engine.tp_internals.graph import (
 )
 from pytest_tprune.engine.tp_internals.guards import (
     TRAVERSAL_FACTOR,
+    GuardUnavailable,
     TraversalCycle,
     UnmappableIndices,
     bound_traversal,
+    guard_status,
+    guard_summary,
+    reprobe,
     tolerant_index_mappings,
 )
 
 __all__ = [
     "TRAVERSAL_FACTOR",
+    "GuardUnavailable",
     "TraversalCycle",
     "UnmappableIndices",
     "bound_traversal",
@@ -50,6 +55,8 @@ __all__ = [
     "current_step",
     "dotted_name",
     "group_root",
+    "guard_status",
+    "guard_summary",
     "is_out_channels",
     "item_width",
     "member_modules",
@@ -62,6 +69,7 @@ __all__ = [
     "pruning_dim",
     "removed_count",
     "removed_indices",
+    "reprobe",
     "root_key",
     "tolerant_index_mappings",
 ]

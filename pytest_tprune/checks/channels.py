@@ -1,0 +1,73 @@
+"""The right channels on real models: the property suite's equivalence, criterion and save/load checks, per case.
+
+The shape rule and goldens see widths only: a pruner that keeps the wrong
+input columns of a consumer, or another channel's BatchNorm statistics, gets
+every width right. These checks compare tensors, so they run on a perturbed
+copy of the pristine model (:func:`~pytest_tprune.checks.properties.perturb`:
+on a fresh timm init BatchNorm statistics are 0 and 1 everywhere and a wrong
+channel is invisible), made once per model and shared by its configs. They
+reuse the property suite's implementation, not a second one.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from pytest_tprune.engine.config import PruneConfig
+    from pytest_tprune.engine.models import ModelSpec
+    from pytest_tprune.engine.resources import Pristine
+
+_MEMBER_PREFIX = re.compile(r"^[\w.]+(?: \(parameter\))?: ")
+
+
+@dataclass
+class ChannelReport:
+    """What the per-case channel checks found and covered."""
+
+    problems: list[str]
+    checked: int  # groups pruned and compared with their soft-pruned original
+    unchecked: Counter[str] = field(default_factory=Counter)  # why soft pruning cannot be compared, by reason
+    error: float = 0.0  # worst relative difference of the groups pruned together
+    tolerance: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "groups_checked": self.checked,
+            "groups_unchecked": sum(self.unchecked.values()),
+            "unchecked_reasons": dict(self.unchecked.most_common(5)),
+            "max_error": float(f"{self.error:.3g}"),
+            "tolerance": self.tolerance,
+        }
+
+
+def perturbed_copy(pristine: Pristine, seed: int) -> nn.Module:
+    """The model's perturbed copy, made once per model and worker."""
+    from pytest_tprune.checks.properties import perturb
+
+    if "perturbed" not in pristine.derived:
+        pristine.derived["perturbed"] = perturb(copy.deepcopy(pristine.model), seed)
+    model: nn.Module = pristine.derived["perturbed"]
+    return model
+
+
+def right_channels(spec: ModelSpec, pristine: Pristine, config: PruneConfig, seed: int) -> ChannelReport:
+    """Equivalence on every checkable group, the criterion, and the save/load round trip, on a perturbed copy."""
+    from pytest_tprune.checks import properties as props
+
+    base = perturbed_copy(pristine, seed)
+    report = props.equivalence_report(spec, base, config, seed)
+    problems = [f"equivalence: {p}" for p in report.problems]
+    recorded = report.recorded
+    if recorded is not None and recorded.groups:
+        problems += [f"criterion: {p}" for p in props.criterion_problems(recorded)]
+        batch = spec.make_inputs(2, seed)
+        problems += [f"save/load: {p}" for p in props.save_load_problems(recorded.model, copy.deepcopy(base), batch)]
+    unchecked = Counter(_MEMBER_PREFIX.sub("", reasons[0]) for reasons in report.skipped.values() if reasons)
+    return ChannelReport(problems, len(report.checked), unchecked, report.error, props.EQUIVALENCE_TOLERANCE)

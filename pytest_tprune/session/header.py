@@ -1,0 +1,57 @@
+"""What a run says once about its environment: the header line, and the guards line of the summary.
+
+The rule (docs/upgrades.md, "Which guards ran"):
+
+* **Header, always**: torch, timm and torch-pruning versions and the device,
+  plus a note for any release outside the tested range. Versions come from the
+  installed distributions (``importlib.metadata``), so ``pytest --help`` and a
+  session that selects no pruning case import neither torch, timm nor
+  torch-pruning; an ``auto`` device is shown as configured, because resolving
+  it needs torch.
+* **Guards line, once a pruning case ran**: whether each engine guard is active
+  on this torch-pruning needs torch-pruning imported, so it comes after the
+  cases, in the tprune summary (:func:`guards_line`), and in the JSON report's
+  environment (``guards``, written by the controller, which probes for itself).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pytest_tprune.session.state import STATE
+
+if TYPE_CHECKING:
+    import pytest
+
+    from pytest_tprune.session.state import RunState
+
+
+def report_header(config: pytest.Config) -> list[str]:
+    """The header's tprune line; nothing before the plugin is configured (``--help``)."""
+    if STATE not in config.stash:
+        return []
+    return [versions_line(config.stash[STATE].settings.device)]
+
+
+def versions_line(device: str) -> str:
+    """``tprune: torch 2.15.0, timm 1.0.31, torch-pruning 1.6.1, device cpu``, with any untested release named."""
+    from pytest_tprune.engine.identity import library_versions, untested_notes
+
+    versions = library_versions()
+    shown = "auto (CUDA when torch finds one, else cpu)" if device == "auto" else device
+    line = "tprune: " + ", ".join(f"{name} {version}" for name, version in versions.items()) + f", device {shown}"
+    notes = untested_notes(versions)
+    return line + (f" (untested: {'; '.join(notes)})" if notes else "")
+
+
+def guards_line(state: RunState) -> str | None:
+    """``tprune guards: ...`` for the summary once a pruning case ran in this run, else None (nothing is probed).
+
+    The controller of an xdist run probes for itself: it has the workers'
+    torch-pruning installed, and the probe only imports it.
+    """
+    if not state.rows:
+        return None
+    from pytest_tprune.engine.tp_internals.guards import guard_summary
+
+    return f"tprune {guard_summary()}"
