@@ -123,10 +123,10 @@ def install_ledger(pruner: Any) -> GroupLedger:
     ledger = GroupLedger(ignored=count_ignored_groups(pruner))
     graph = pruner.DG
     _wrap(graph, "get_all_groups", lambda original: _offering(original, pruner, ledger))
-    _wrap(pruner, "_check_pruning_ratio", lambda original: _settling_false(original, pruner, ledger, MINIMUM_WIDTH))
+    _wrap(pruner, "_check_pruning_ratio", lambda fn: _settling(fn, pruner, ledger, MINIMUM_WIDTH, _is_false))
     _wrap(pruner, "_downstream_node_as_root_if_attention", lambda original: _rerooting(original, pruner, ledger))
-    _wrap(pruner, "estimate_importance", lambda original: _settling_none(original, pruner, ledger))
-    _wrap(graph, "check_pruning_group", lambda original: _settling_false(original, pruner, ledger, REFUSED))
+    _wrap(pruner, "estimate_importance", lambda fn: _settling(fn, pruner, ledger, LEFT_WHOLE, _is_none))
+    _wrap(graph, "check_pruning_group", lambda fn: _settling(fn, pruner, ledger, REFUSED, _is_false))
     return ledger
 
 
@@ -163,6 +163,14 @@ def count_ignored_groups(pruner: Any) -> int:
     return len(seen)
 
 
+def _is_false(result: Any) -> bool:
+    return not result
+
+
+def _is_none(result: Any) -> bool:
+    return result is None
+
+
 def _wrap(owner: Any, name: str, make: Callable[[Any], Any]) -> None:
     original = getattr(owner, name, None)
     if callable(original):
@@ -178,12 +186,16 @@ def _offering(original: Any, pruner: Any, ledger: GroupLedger) -> Callable[..., 
     return offering
 
 
-def _settling_false(original: Any, pruner: Any, ledger: GroupLedger, fate: str) -> Callable[[Any], bool]:
-    def settling(group: Any) -> bool:
-        accepted = bool(original(group))
-        if not accepted:
+def _settling(
+    original: Any, pruner: Any, ledger: GroupLedger, fate: str, declined: Callable[[Any], bool]
+) -> Callable[[Any], Any]:
+    """``original`` unchanged, except that a group it declines (``declined(result)``) is settled with ``fate``."""
+
+    def settling(group: Any) -> Any:
+        result = original(group)
+        if declined(result):
             ledger.settle(pruner, group, fate)
-        return accepted
+        return result
 
     return settling
 
@@ -198,13 +210,3 @@ def _rerooting(original: Any, pruner: Any, ledger: GroupLedger) -> Callable[[Any
         return rerooted
 
     return rerooting
-
-
-def _settling_none(original: Any, pruner: Any, ledger: GroupLedger) -> Callable[[Any], Any]:
-    def settling(group: Any) -> Any:
-        scores = original(group)
-        if scores is None:
-            ledger.settle(pruner, group, LEFT_WHOLE)
-        return scores
-
-    return settling
