@@ -11,7 +11,9 @@ the group.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -68,8 +70,10 @@ def wrong_input_columns(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_the_family_representative_keeps_the_right_channels() -> None:
     checked = case(("forward", "shapes", "groups", "equivalence", "reduction"))
     checked.check_all()
-    assert checked.equivalence is not None and checked.equivalence["groups_checked"] > 0
-    assert checked.equivalence["max_error"] <= checked.equivalence["tolerance"]
+    assert checked.channels is not None
+    summary = checked.channels.summary()
+    assert summary["groups_checked"] > 0 and summary["max_error"] <= summary["tolerance"]
+    assert summary["save_load"] == {"torch.save(model)": "ok", "torch_pruning.state_dict": "ok"}
 
 
 def test_other_channels_batchnorm_statistics_fail_equivalence(wrong_batchnorm_statistics: None) -> None:
@@ -82,3 +86,38 @@ def test_wrong_input_columns_fail_equivalence(wrong_input_columns: None) -> None
     case(("shapes", "groups", "reduction")).check_all()
     with pytest.raises(CheckFailed, match=r"\[equivalence\] equivalence: group [\w.]+ \(out-channels\)"):
         case(("equivalence",)).check_all()
+
+
+DEFAULT_CASE = ("--tprune-models=mobilenetv3_small_050", "--tprune-ratios=0.5", "--tprune-modes=local")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def default_selection_case(pytester: pytest.Pytester) -> pytest.Pytester:
+    """A project holding the representative's committed golden, run with the default checks."""
+    pytester.makefile(".toml", pyproject="[tool.pytest.ini_options]\n")
+    pytester.makepyfile(test_prune="def test_prune(tprune_case):\n    tprune_case.check_all()\n")
+    target = pytester.path / "golden" / FAMILY_REPRESENTATIVE
+    target.mkdir(parents=True)
+    shutil.copy(ROOT / "golden" / FAMILY_REPRESENTATIVE / "r0.50-local.json", target / "r0.50-local.json")
+    return pytester
+
+
+def test_the_default_checks_fail_the_committed_case_when_a_consumer_drops_the_wrong_columns(
+    default_selection_case: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The case as ``pytest -n auto`` runs it, golden included: it passes, then fails under the mutation."""
+    STORE.clear()
+    default_selection_case.runpytest_inprocess(*DEFAULT_CASE, "-p", "no:cacheprovider").assert_outcomes(passed=1)
+    original = tp.pruner.function.ConvPruner.prune_in_channels
+
+    def shifted(self: Any, layer: Any, idxs: Sequence[int]) -> Any:
+        return original(self, layer, sorted({(int(i) + 1) % int(layer.in_channels) for i in idxs}))
+
+    monkeypatch.setattr(tp.pruner.function.ConvPruner, "prune_in_channels", shifted)
+    STORE.clear()
+    result = default_selection_case.runpytest_inprocess(*DEFAULT_CASE, "-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1)
+    result.stdout.re_match_lines(
+        [r".*\[equivalence\] equivalence: group [\w.]+ \(out-channels\): pruned output differs.*"]
+    )

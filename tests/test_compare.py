@@ -96,6 +96,16 @@ RESNET50_NEW = figures((25_557_032, 6_100_000), (4_130_000_000, 990_000_000), (4
 VIT_MACS = (4_250_000_000, 1_000_000_000)
 DEIT = figures((5_717_416, 1_500_000), (1_260_000_000, 330_000_000))
 DEIT_NEW = figures((5_717_800, 1_500_100), (1_260_000_000, 330_000_000))
+# vit_tiny still passes in NEW, but the engine leaves 6 of its 13 groups whole: it keeps twice the parameters.
+VIT_TINY = figures((5_717_416, 1_720_000), (1_260_000_000, 380_000_000))
+VIT_TINY_NEW = figures((5_717_416, 3_550_000), (1_260_000_000, 760_000_000))
+
+
+def accounting(pruned: int, left_whole: int, skipped: int = 0) -> dict[str, Any]:
+    """A case's ``group_accounting``, as the report has it."""
+    offered = pruned + left_whole + skipped
+    counts = {"pruned": pruned, "left_whole": left_whole, "refused": 0, "minimum_width": 0, "skipped": skipped}
+    return {"group_accounting": {"offered": offered, **counts, "ignored": 1}}
 
 
 def upgrade_pair() -> tuple[dict[str, Any], dict[str, Any]]:
@@ -113,8 +123,15 @@ def upgrade_pair() -> tuple[dict[str, Any], dict[str, Any]]:
         ),
         case("regnetx_002"),
         case("resnet18", duration=0.2),
-        case("resnet50", duration=2.0, durations={"build": 0.3, "prune": 1.2, "forward": 0.4}, **RESNET50),
+        case(
+            "resnet50",
+            duration=2.0,
+            cpu_time=1.9,
+            durations={"build": 0.3, "prune": 1.2, "forward": 0.4},
+            **RESNET50,
+        ),
         case("vit_small_patch16_224", "r0.5-global", **figures((22_050_664, 5_600_000), VIT_MACS)),
+        case("vit_tiny_patch16_224", **VIT_TINY, **accounting(13, 0)),
     ]
     new = [
         case("convnext_tiny", duration=3.3),
@@ -129,7 +146,13 @@ def upgrade_pair() -> tuple[dict[str, Any], dict[str, Any]]:
         case("levit_128", outcome="failed", failed_check="shapes"),
         case("mobilenetv3_small_100", "r0.5-global", outcome="xpassed"),
         case("resnet18", duration=0.9),
-        case("resnet50", duration=9.5, durations={"build": 0.3, "prune": 8.4, "forward": 0.5}, **RESNET50_NEW),
+        case(
+            "resnet50",
+            duration=9.5,
+            cpu_time=9.1,
+            durations={"build": 0.3, "prune": 8.4, "forward": 0.5},
+            **RESNET50_NEW,
+        ),
         case(
             "vit_small_patch16_224",
             "r0.5-global",
@@ -137,8 +160,10 @@ def upgrade_pair() -> tuple[dict[str, Any], dict[str, Any]]:
             failed_check="golden",
             **figures((22_050_664, 5_590_000), VIT_MACS),
         ),
+        case("vit_tiny_patch16_224", **VIT_TINY_NEW, **accounting(7, 6)),
     ]
-    return document(OLD_ENV, old), document(NEW_ENV, new)
+    old_env = {**OLD_ENV, "load_1min": {"start": 0.41, "end": 0.63}}
+    return document(old_env, old), document({**NEW_ENV, "load_1min": {"start": 0.52, "end": 0.7}}, new)
 
 
 @pytest.fixture
@@ -157,20 +182,23 @@ def labels(items: list[Any]) -> list[str]:
 def test_every_difference_lands_in_its_group(pair: tuple[str, str]) -> None:
     result = compare_reports(load_report(pair[0]), load_report(pair[1]))
     assert labels(result.regressions) == ["efficientnet_b0 [r0.5-local]", "vit_small_patch16_224 [r0.5-global]"]
+    assert labels(result.absorbed) == ["vit_tiny_patch16_224 [r0.5-local]"]  # still passes, prunes half as much
     assert labels(result.disappeared) == ["regnetx_002 [r0.5-local]"]
     assert labels(result.fixed) == ["convnext_tiny [r0.5-local]"]
     assert labels(result.changed) == ["mobilenetv3_small_100 [r0.5-global]"]
     assert labels(result.appeared) == ["levit_128 [r0.5-local]", "fastvit_t8 [r0.5-local]"]  # failing first
     # resnet50 lost 4.7% of its kept params, deit gained a few: largest relative change first
     assert labels(result.figures) == [
+        "vit_tiny_patch16_224 [r0.5-local]",
         "resnet50 [r0.5-local]",
         "vit_small_patch16_224 [r0.5-global]",
         "deit_tiny_patch16_224 [r0.5-local]",
     ]
     # resnet18 went 0.2 s -> 0.9 s: 4.5x, but under a second, so it is noise
     assert labels(result.durations) == ["resnet50 [r0.5-local]"]
+    # the machine's load differs between any two runs: shown with the durations, never an environment change
     assert result.environment == [("timm", "1.0.29", "1.0.31"), ("torch-pruning", "1.6.0", "1.6.1")]
-    assert result.compared == 7  # regnetx_002 is in OLD only
+    assert result.compared == 8  # regnetx_002 is in OLD only
     assert result.regressed and result.exit_status == 1
 
 
@@ -195,13 +223,26 @@ def test_text_output_reads_as_a_review(pair: tuple[str, str], capsys: pytest.Cap
     assert "      MACs after (FlopCounterMode)  1,050,000,000 -> 1,010,000,000 (-3.81%)" in lines
     assert "      params before  5,717,416 -> 5,717,800 (+0.01%)" in lines
     assert "Duration changes: >= 2x and >= 1 s (1)" in lines
-    assert "  resnet50 [r0.5-local]: 2.00 s -> 9.50 s (4.75x slower; most in prune: +7.20 s)" in lines
+    assert (
+        "  resnet50 [r0.5-local]: 2.00 s -> 9.50 s (4.75x slower; most in prune: +7.20 s; CPU 1.90 s -> 9.10 s)"
+        in lines
+    )
+    assert "  machine load (1-min average, start -> end): old run 0.41 -> 0.63, new run 0.52 -> 0.70" in lines
     assert lines[-1] == (
-        "REGRESSED: 2 newly failing, 1 disappeared, 1 fixed, 1 changed behaviour, 3 with changed figures, "
-        "2 appeared, 1 with a duration change (7 cases in both reports)"
+        "REGRESSED: 2 newly failing, 1 absorbed by fallbacks, 1 disappeared, 1 fixed, 1 changed behaviour, "
+        "4 with changed figures, 2 appeared, 1 with a duration change (8 cases in both reports)"
     )
     # groups come in a fixed order: what blocks the upgrade first
-    order = ["Regressions", "Disappeared", "Fixed", "Changed behaviour", "Figures changed", "Appeared", "Duration"]
+    order = [
+        "Regressions: newly",
+        "Regressions: absorbed",
+        "Disappeared",
+        "Fixed",
+        "Changed behaviour",
+        "Figures changed",
+        "Appeared",
+        "Duration",
+    ]
     positions = [next(i for i, line in enumerate(lines) if line.startswith(title)) for title in order]
     assert positions == sorted(positions)
 
@@ -211,13 +252,15 @@ def test_fixed_changed_appeared_and_figures_alone_do_not_fail(
 ) -> None:
     old, new = upgrade_pair()
     new["cases"] = [c for c in new["cases"] if c["outcome"] not in ("failed", "error") or c["model"] == "levit_128"]
-    gone = ("regnetx_002", "efficientnet_b0", "vit_small_patch16_224")
+    gone = ("regnetx_002", "efficientnet_b0", "vit_small_patch16_224", "vit_tiny_patch16_224")
     old["cases"] = [c for c in old["cases"] if c["model"] not in gone]
+    new["cases"] = [c for c in new["cases"] if c["model"] != "vit_tiny_patch16_224"]
     assert compare_main([write(tmp_path / "a.json", old), write(tmp_path / "b.json", new)]) == 0
     out = capsys.readouterr().out
     assert "xfailed (prune:trace) -> xpassed" in out  # a strict xfail that passes is to review, not a regression
     assert "levit_128 [r0.5-local]: failed (shapes)" in out  # appeared failing: shown, but no past to regress from
     assert out.splitlines()[-1].startswith("OK: 1 fixed, 1 changed behaviour, 2 with changed figures, 2 appeared")
+    assert "absorbed" not in out
 
 
 def test_a_disappeared_case_alone_is_a_regression(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -232,7 +275,7 @@ def test_a_disappeared_case_alone_is_a_regression(tmp_path: Path, capsys: pytest
 
 def test_identical_reports_say_so(pair: tuple[str, str], capsys: pytest.CaptureFixture[str]) -> None:
     assert compare_main([pair[1], pair[1]]) == 0
-    assert capsys.readouterr().out.endswith("\nOK: no differences (9 cases in both reports)\n")
+    assert capsys.readouterr().out.endswith("\nOK: no differences (10 cases in both reports)\n")
 
 
 def test_still_failing_at_another_check_is_changed_not_regressed(
@@ -307,10 +350,14 @@ def test_markdown_is_a_pull_request_comment(pair: tuple[str, str], capsys: pytes
         "| `mobilenetv3_small_100` r0.5-global | xfailed (prune:trace) | xpassed | "
         "(a known failure now passes: drop its known_failure) |"
     ) in lines
-    assert "### Figures changed: largest relative change first (3)" in lines
+    assert "### Figures changed: largest relative change first (4)" in lines
     assert "| `resnet50` r0.5-local | params after | 6,400,000 | 6,100,000 | -4.69% |" in lines
     assert "|  | MACs after (FlopCounterMode) | 1,050,000,000 | 1,010,000,000 | -3.81% |" in lines
-    assert "| `resnet50` r0.5-local | 2.00 s | 9.50 s | 4.75x slower | most in prune: +7.20 s |" in lines
+    assert (
+        "| `resnet50` r0.5-local | 2.00 s | 9.50 s | 4.75x slower | most in prune: +7.20 s | 1.90 s -> 9.10 s |"
+        in lines
+    )
+    assert "Machine load (1-min average, start -> end): old run 0.41 -> 0.63, new run 0.52 -> 0.70" in lines
 
 
 def test_markdown_escapes_pipes_in_reasons(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -326,10 +373,12 @@ def test_json_has_the_same_groups(pair: tuple[str, str], capsys: pytest.CaptureF
     assert data["verdict"] == "regressed" and data["exit_status"] == 1
     assert data["counts"] == {
         "regressions": 2,
+        "absorbed": 1,
         "disappeared": 1,
         "fixed": 1,
+        "stock_better": 0,
         "changed": 1,
-        "figures": 3,
+        "figures": 4,
         "appeared": 2,
         "durations": 1,
     }
@@ -341,10 +390,19 @@ def test_json_has_the_same_groups(pair: tuple[str, str], capsys: pytest.CaptureF
     assert (vit["model"], vit["config_id"]) == ("vit_small_patch16_224", "r0.5-global")
     assert vit["old"]["outcome"] == "passed" and vit["new"]["failed_check"] == "golden"
     assert data["disappeared"][0]["new"] is None
-    resnet = data["figures"][0]
+    resnet = data["figures"][1]
     assert resnet["model"] == "resnet50"
     assert resnet["figures"]["flop_macs_after"] == {"old": 1.05e9, "new": 1.01e9, "relative": -0.038095}
     assert data["durations"][0]["step"] == "prune" and data["durations"][0]["factor"] == 4.75
+    assert (data["durations"][0]["old_cpu_seconds"], data["durations"][0]["new_cpu_seconds"]) == (1.9, 9.1)
+    assert data["load"] == {"old": {"start": 0.41, "end": 0.63}, "new": {"start": 0.52, "end": 0.7}}
+    (tiny,) = data["absorbed"]
+    assert tiny["model"] == "vit_tiny_patch16_224" and data["kept_tolerance"] == 0.01
+    assert [(f["kind"], f["old"], f["new"]) for f in tiny["findings"]] == [
+        ("groups", 0, 6),
+        ("kept", 0.300835, 0.62091),
+        ("kept", 0.301587, 0.603175),
+    ]
 
 
 def test_json_from_zero_has_no_infinity(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -354,6 +412,198 @@ def test_json_from_zero_has_no_infinity(tmp_path: Path, capsys: pytest.CaptureFi
     text = capsys.readouterr().out
     assert "Infinity" not in text
     assert json.loads(text)["figures"][0]["figures"]["macs_after"]["relative"] is None
+
+
+# --- what the fallbacks absorb: cases that still pass but prune less -----------------------------------------------
+
+
+def compare_cases(tmp_path: Path, old: list[dict[str, Any]], new: list[dict[str, Any]], *argv: str) -> Any:
+    """Run ``compare_main`` on two one-environment reports; (exit status, the JSON document)."""
+    paths = [write(tmp_path / "a.json", document(OLD_ENV, old)), write(tmp_path / "b.json", document(OLD_ENV, new))]
+    return compare_main([*paths, *argv, "--format", "json"]), paths
+
+
+def absorbed(capsys: pytest.CaptureFixture[str]) -> dict[str, list[tuple[str, Any, Any]]]:
+    """label -> (what, old, new) of each finding of the absorbed group, from the JSON just printed."""
+    data = json.loads(capsys.readouterr().out)
+    return {c["label"]: [(f["what"], f["old"], f["new"]) for f in c["findings"]] for c in data["absorbed"]}
+
+
+def test_a_passing_case_that_leaves_attention_whole_is_a_regression(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The case the fallbacks hide: still passed, 2x the parameters kept, groups left whole."""
+    old = [case("vit_tiny_patch16_224", **VIT_TINY, **accounting(13, 0))]
+    new = [case("vit_tiny_patch16_224", **VIT_TINY_NEW, **accounting(7, 6))]
+    paths = [write(tmp_path / "a.json", document(OLD_ENV, old)), write(tmp_path / "b.json", document(OLD_ENV, new))]
+    assert compare_main(paths) == 1
+    out = capsys.readouterr().out
+    assert (
+        "Regressions: absorbed by fallbacks (pruned less, or stock torch-pruning worse) (1)\n"
+        "  vit_tiny_patch16_224 [r0.5-local]: passed -> passed\n"
+        "      groups left whole or skipped 0 -> 6 (left whole 0 -> 6)\n"
+        "      kept params 30.08% -> 62.09% (+32.01 points; --kept-tolerance 0.01)\n"
+    ) in out
+    assert out.endswith("REGRESSED: 1 absorbed by fallbacks, 1 with changed figures (1 cases in both reports)\n")
+    assert compare_main([*paths, "--format", "markdown"]) == 1
+    md = capsys.readouterr().out
+    assert md.startswith("## tprune compare: regressed\n")
+    assert "| `vit_tiny_patch16_224` r0.5-local (passed) | groups left whole or skipped | 0 | 6 |" in md
+
+
+def test_groups_left_whole_or_skipped_are_counted_together(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    same = figures((100, 50), (1000, 500))
+    old = [
+        case("a", **same, **accounting(10, 0, skipped=0)),
+        case("b", **same, **accounting(10, 2, skipped=0)),  # one group moves from left whole to skipped
+        case("c", **same, groups_left_whole=1),  # an older report: no group_accounting
+        case("d", **same),  # no counts at all: nothing to compare, not an error
+        case("e", **same, **accounting(10, 3)),
+    ]
+    new = [
+        case("a", **same, **accounting(9, 0, skipped=1)),
+        case("b", **same, **accounting(10, 1, skipped=1)),
+        case("c", **same, **accounting(8, 3)),
+        case("d", **same, **accounting(5, 5)),
+        case("e", **same, **accounting(12, 1)),  # fewer left whole: better, not listed
+    ]
+    status, _ = compare_cases(tmp_path, old, new)
+    assert status == 1
+    assert absorbed(capsys) == {
+        "a [r0.5-local]": [("groups left whole or skipped", 0, 1)],
+        "c [r0.5-local]": [("groups left whole", 1, 3)],  # compared on what both reports have
+    }
+
+
+def test_a_kept_fraction_may_grow_by_the_tolerance_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    def kept_case(model: str, params: float, macs: float) -> dict[str, Any]:
+        return case(model, kept_params=params, kept_macs=macs)
+
+    old = [kept_case("a", 0.30, 0.30), kept_case("b", 0.30, 0.30), kept_case("c", 0.30, 0.30), case("d")]
+    new = [kept_case("a", 0.32, 0.30), kept_case("b", 0.305, 0.20), kept_case("c", 0.30, 0.33), case("d")]
+    status, paths = compare_cases(tmp_path, old, new)
+    assert status == 1
+    # a: +2 points of params; b: +0.5 point (within) and fewer MACs (better); c: +3 points of MACs; d: no fractions
+    assert absorbed(capsys) == {
+        "a [r0.5-local]": [("kept params", 0.30, 0.32)],
+        "c [r0.5-local]": [("kept MACs (torch-pruning)", 0.30, 0.33)],
+    }
+    assert compare_main([*paths, "--kept-tolerance", "0.05"]) == 0
+    assert "absorbed" not in capsys.readouterr().out
+    assert compare_main([*paths, "--kept-tolerance", "0"]) == 1
+    assert "  b [r0.5-local]: passed -> passed\n      kept params 30.00% -> 30.50%" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("value", ["-0.1", "1", "nan"])
+def test_a_kept_tolerance_outside_0_1_is_bad_input(
+    value: str, pair: tuple[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    err = bad_input(capsys, *pair, "--kept-tolerance", value)
+    assert f"--kept-tolerance must be a fraction in [0, 1), e.g. 0.01 for one percentage point, got {value}" in err
+
+
+def test_the_help_states_the_kept_tolerance(capsys: pytest.CaptureFixture[str]) -> None:
+    assert compare_main(["--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--kept-tolerance FRACTION" in text and "default 0.01, i.e. one percentage point" in text
+
+
+def stock(verdict: str, detail: str = "") -> dict[str, Any]:
+    return {"stock": {"verdict": verdict, "detail": detail}}
+
+
+def test_a_worse_stock_verdict_is_a_regression_a_better_one_good_news(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    old = [
+        case("a", **stock("ok")),
+        case("b", **stock("crashes", "IndexError in importance")),
+        case("c", **stock("skips groups")),
+        case("d", **stock("hangs")),
+        case("e"),  # no stock verdict on one side: not compared
+    ]
+    new = [
+        case("a", **stock("breaks the forward", "shape '[1, 101, 64]' is invalid")),
+        case("b", **stock("skips groups", "2 groups")),
+        case("c", **stock("skips groups")),
+        case("d"),
+        case("e", **stock("hangs")),
+    ]
+    status, paths = compare_cases(tmp_path, old, new)
+    assert status == 1
+    data = json.loads(capsys.readouterr().out)
+    assert [(c["label"], [(f["old"], f["new"], f["note"]) for f in c["findings"]]) for c in data["absorbed"]] == [
+        ("a [r0.5-local]", [("ok", "breaks the forward", "shape '[1, 101, 64]' is invalid")])
+    ]
+    assert [c["label"] for c in data["stock_better"]] == ["b [r0.5-local]"]
+    assert compare_main(paths) == 1
+    out = capsys.readouterr().out
+    assert "      stock torch-pruning ok -> breaks the forward (shape '[1, 101, 64]' is invalid)\n" in out
+    assert "Better: stock torch-pruning improved (1)\n  b [r0.5-local]: passed -> passed\n" in out
+    assert "      stock torch-pruning crashes -> skips groups (2 groups)\n" in out
+    assert out.endswith("REGRESSED: 1 absorbed by fallbacks, 1 with a better stock verdict (5 cases in both reports)\n")
+
+
+def test_a_better_stock_verdict_alone_does_not_fail(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status, _ = compare_cases(tmp_path, [case("a", **stock("hangs"))], [case("a", **stock("ok"))])
+    assert status == 0
+    assert json.loads(capsys.readouterr().out)["counts"]["stock_better"] == 1
+
+
+@pytest.mark.parametrize("value", [{"verdict": "explodes"}, "ok", {"detail": "no verdict"}])
+def test_an_unknown_stock_verdict_is_bad_input(
+    value: Any, pair: tuple[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path / "s.json", document(OLD_ENV, [case("a", stock=value)]))
+    err = bad_input(capsys, pair[0], path)
+    assert f"{path}: case 0 has an unknown stock verdict" in err
+    assert "expected one of ok, skips groups, breaks the forward, crashes, hangs" in err
+
+
+GOLDEN_DETAIL = "\n".join(
+    [
+        "pytest_tprune.errors.CheckFailed: [golden] test_vit-r0.50-local differs from "
+        "golden/test_vit/r0.50-local.json:",
+        "golden made with timm 1.0.29, torch 2.15.0; running timm 1.0.31, torch 2.15.0; upgrade: timm 1.0.29 -> 1.0.31",
+        "modules that changed (1), golden => obtained:",
+        "  (blocks.0.attn.qkv): Linear(64, 96) => (blocks.0.attn.qkv): Linear(64, 192)",
+        "if the change is intended, rewrite it with --tprune-update-golden and review the diff",
+    ]
+)
+
+
+def test_a_golden_failure_shows_its_whole_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The first line says only that the golden differs; the versions and module lines say how."""
+    first = GOLDEN_DETAIL.splitlines()[0]
+    old = [case("test_vit", "r0.50-local")]
+    new = [case("test_vit", "r0.50-local", outcome="failed", failed_check="golden", reason=first, detail=GOLDEN_DETAIL)]
+    paths = [write(tmp_path / "a.json", document(OLD_ENV, old)), write(tmp_path / "b.json", document(OLD_ENV, new))]
+    assert compare_main([*paths, "--format", "markdown"]) == 1
+    md = capsys.readouterr().out
+    assert "<details><summary>test_vit [r0.50-local]: failed (golden), the whole message</summary>" in md
+    block = md.split("```text\n", 1)[1].split("\n```\n", 1)[0]
+    assert block == GOLDEN_DETAIL
+    assert compare_main(paths) == 1
+    out = capsys.readouterr().out
+    assert "        (blocks.0.attn.qkv): Linear(64, 96) => (blocks.0.attn.qkv): Linear(64, 192)\n" in out
+    assert "        golden made with timm 1.0.29" in out
+    assert compare_main([*paths, "--format", "json"]) == 1
+    assert json.loads(capsys.readouterr().out)["regressions"][0]["new"]["detail"] == GOLDEN_DETAIL
+
+
+def test_a_detail_of_a_case_that_no_longer_fails_is_not_shown(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    failing = case("a", outcome="failed", failed_check="golden", reason="x", detail=GOLDEN_DETAIL)
+    paths = [
+        write(tmp_path / "a.json", document(OLD_ENV, [failing])),
+        write(tmp_path / "b.json", document(OLD_ENV, [case("a")])),
+    ]
+    assert compare_main([*paths, "--format", "markdown"]) == 0
+    md = capsys.readouterr().out
+    assert "### Fixed: newly passing (1)" in md and "<details>" not in md
+    assert compare_main([paths[1], paths[0], "--format", "markdown"]) == 1  # the other way round: shown
+    assert "<details>" in capsys.readouterr().out
 
 
 # --- bad input: exit 2, one line, no traceback ----------------------------------------------------------------------
@@ -461,6 +711,22 @@ def test_merge_concatenates_shards(tmp_path: Path, capsys: pytest.CaptureFixture
     }
     assert merged["environment"]["platform"] == "Linux-6.5.0-x86_64-with-glibc2.35 | Linux-6.8.0"
     assert merged["environment"]["timm"] == "1.0.29"
+
+
+def test_merge_keeps_the_busiest_shard_load(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Each shard's machine has its own load: merging never refuses over it, and keeps the highest."""
+    loads = [{"start": 0.5, "end": 2.5}, {"start": 1.5, "end": 0.9}, None]
+    paths = [
+        write(tmp_path / f"s{k}.json", shard(k, [case(f"m{k}")], {**OLD_ENV, "load_1min": load} if load else OLD_ENV))
+        for k, load in enumerate(loads, start=1)
+    ]
+    out = tmp_path / "m.json"
+    assert merge_main([str(out), *paths]) == 0
+    assert load_report(str(out)).environment["load_1min"] == {"start": 1.5, "end": 2.5, "shards": 2}
+    busier = write(tmp_path / "busier.json", shard(1, [case("m1")], {**OLD_ENV, "load_1min": {"start": 3, "end": 3}}))
+    capsys.readouterr()
+    assert compare_main([paths[0], busier]) == 0
+    assert "environment: unchanged" in capsys.readouterr().out
 
 
 def test_merge_warns_about_a_missing_shard(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

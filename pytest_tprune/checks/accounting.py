@@ -28,12 +28,18 @@ ACCOUNT_KEYS = ("offered", "pruned", "left_whole", "refused", "minimum_width", "
 
 def skipped_groups(outcome: PruneOutcome) -> list[OfferedGroup]:
     """Offered groups torch-pruning dropped although the config removes channels from them."""
-    config = outcome.prune_config
-    yielding_steps = {g.step for g in outcome.offered if g.fate in (ledger.PRUNED, ledger.NOTHING_REMOVED)}
-    initial = _initial_widths(outcome.offered)
     left_whole = {(lw.root, lw.direction) for lw in outcome.left_whole}
+    return skipped_among(outcome.offered, outcome.prune_config, left_whole)
+
+
+def skipped_among(
+    offered: list[OfferedGroup], config: PruneConfig, left_whole: set[tuple[str, str]]
+) -> list[OfferedGroup]:
+    """The groups of ``offered`` torch-pruning dropped silently; ``left_whole`` (root, direction) were explained."""
+    yielding_steps = {g.step for g in offered if g.fate in (ledger.PRUNED, ledger.NOTHING_REMOVED)}
+    initial = _initial_widths(offered)
     skipped = []
-    for group in outcome.offered:
+    for group in offered:
         if (group.root, group.direction) in left_whole:
             continue  # the engine left it whole, with its reason: not silent
         if group.fate == ledger.NO_DOWNSTREAM_ROOT or (

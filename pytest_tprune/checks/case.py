@@ -29,14 +29,14 @@ from pytest_tprune.errors import CheckFailed
 if TYPE_CHECKING:
     from torch import nn
 
+    from pytest_tprune.checks.channels import ChannelReport
     from pytest_tprune.engine.outcome import Pruned, PruneOutcome
 
 CHECKS = ("forward", "shapes", "groups", "equivalence", "golden", "reduction")
 """Every check, in the order ``check_all()`` runs them."""
-DEFAULT_CHECKS = tuple(c for c in CHECKS if c != "equivalence")
-"""What runs unless ``--tprune-checks`` says otherwise. ``equivalence`` is opt-in for now: over the default
-selection it costs about as much again as the rest of the suite on the 2-core machine, and it fails 24 cases
-that need triage first (see docs/zoo.md, "Right channels")."""
+DEFAULT_CHECKS = CHECKS
+"""What runs unless ``--tprune-checks`` says otherwise: every check. ``equivalence`` costs one more prune of a
+perturbed copy per uniform case (figures in benchmarks/RESULTS.md); leave it out with ``--tprune-checks``."""
 
 
 @dataclass
@@ -59,8 +59,8 @@ class TpruneCase:
     config: PruneConfig
     settings: CaseSettings
     check_times: dict[str, float] = field(default_factory=dict)
-    equivalence: dict[str, Any] | None = None
-    """What the equivalence check covered (groups checked, pruned, unchecked with reasons, worst error)."""
+    channels: ChannelReport | None = None
+    """What the equivalence check covered (groups checked, unchecked with reasons, save/load, worst error)."""
     golden_written: list[str] = field(default_factory=list)
 
     def __repr__(self) -> str:
@@ -99,6 +99,26 @@ class TpruneCase:
             )
             pristine.baselines[device] = pruned.baseline  # the next config of this model skips measuring it
             return pruned
+
+    @cached_property
+    def stock(self) -> dict[str, Any]:
+        """What plain torch-pruning does with this case (:mod:`pytest_tprune.engine.stock`): its verdict
+        (``ok``, ``skips groups``, ``breaks the forward``, ``crashes``, ``hangs``) and one line of detail.
+        Recorded, never failing the case; run once, on a pristine copy, under its own time limit."""
+        from pytest_tprune.checks.stock import stock_verdict
+        from pytest_tprune.engine.stock import STOCK_TIME_LIMIT_S, run_stock
+
+        pruned = self.pruned
+        start = time.perf_counter()
+        try:
+            model = copy.deepcopy(STORE.pristine(self.spec, self.settings.seed).model).to(pruned.inputs.device)
+            limit = min(STOCK_TIME_LIMIT_S, self.settings.timeout or STOCK_TIME_LIMIT_S)
+            shape = list(pruned.base_output.shape)
+            run = run_stock(self.spec, model, pruned.inputs, self.config, self.settings.seed, shape, limit)
+            del model
+            return stock_verdict(run, self.config)
+        finally:
+            self.check_times["stock"] = time.perf_counter() - start
 
     @property
     def outcome(self) -> PruneOutcome:
@@ -214,9 +234,8 @@ class TpruneCase:
         if self.config.global_pruning or self.config.ratio == 0:
             return []
         pristine = STORE.pristine(self.spec, self.settings.seed)
-        found = right_channels(self.spec, pristine, self.config, self.settings.seed)
-        self.equivalence = found.summary()
-        return found.problems
+        self.channels = right_channels(self.spec, pristine, self.config, self.settings.seed)
+        return self.channels.problems
 
     def check_golden(self) -> None:
         """Compare with (or, with --tprune-update-golden, write) the case's golden file."""
@@ -227,9 +246,11 @@ class TpruneCase:
         self.pruned  # noqa: B018 - prune first, under its own time limit
         with self._timed("golden"):
             versions = library_versions()
-            content = golden.golden_content(self.outcome, versions)
+            channels = self.channels.golden() if self.channels is not None else None
+            content = golden.golden_content(self.outcome, versions, channels, self.stock)
             path = golden.golden_path(self.settings.golden_dir, self.spec.name, self.config.config_id)
             if self.settings.update_golden:
+                content = golden.carry_channels(content, path)
                 if not golden.same_content(path, content):
                     try:
                         golden.write_golden(path, content)  # atomic: a failed write leaves no file behind
@@ -332,7 +353,8 @@ class TpruneCase:
             "groups_pruned": len(out.groups),
             "groups_left_whole": len(out.left_whole),
             "group_accounting": group_accounting(out),
-            **({"equivalence": self.equivalence} if self.equivalence is not None else {}),
+            **({"equivalence": self.channels.summary()} if self.channels is not None else {}),
+            "stock": self.stock,
             "device": out.device,
             "peak_rss_mb": peak_rss_mb(),
             "worker": os.environ.get("PYTEST_XDIST_WORKER", "main"),

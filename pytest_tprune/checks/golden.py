@@ -31,8 +31,21 @@ def golden_path(golden_dir: Path, model: str, config_id: str) -> Path:
     return golden_dir / model / f"{config_id}.json"
 
 
-def golden_content(outcome: PruneOutcome, versions: dict[str, str]) -> dict[str, Any]:
-    """The golden for an outcome; key order is fixed so files diff cleanly."""
+def golden_content(
+    outcome: PruneOutcome,
+    versions: dict[str, str],
+    channels: dict[str, Any] | None = None,
+    stock: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The golden for an outcome; key order is fixed so files diff cleanly.
+
+    ``channels`` is what the ``equivalence`` check covered (groups checked, why
+    the others cannot be, save/load status), when it ran: a run that leaves
+    the check out neither compares nor drops that block (:func:`carry_channels`).
+    ``stock`` is the stock verdict (:mod:`pytest_tprune.checks.stock`); only
+    its verdict is compared, its detail names lines of torch-pruning's source,
+    which move with every release.
+    """
     config = outcome.prune_config
     note = (
         "shapes do not depend on the device: uniform pruning removes a fixed count per group"
@@ -51,13 +64,31 @@ def golden_content(outcome: PruneOutcome, versions: dict[str, str]) -> dict[str,
         "versions": versions,
         "figures": {name: getattr(outcome, name) for name in FIGURES},
         "groups": group_accounting(outcome),
+        **({"stock": stock} if stock is not None else {}),
         "output_shape": outcome.output_shape_after,
         "modules": outcome.modules_after,
         "shapes": outcome.shapes_after,
     }
     if outcome.left_whole:  # only where it happens, so other goldens keep their bytes
         content["left_whole"] = {f"{lw.root} ({lw.direction})": lw.reason for lw in outcome.left_whole}
+    if channels is not None:
+        content["channels"] = channels
     return content
+
+
+def carry_channels(content: dict[str, Any], path: Path) -> dict[str, Any]:
+    """``content`` with the existing golden's ``channels`` block when this run did not check channels.
+
+    Rewriting goldens with ``--tprune-checks`` leaving ``equivalence`` out must
+    not delete what an earlier run with the check recorded.
+    """
+    if "channels" in content:
+        return content
+    try:
+        previous = read_golden(path).get("channels")
+    except GoldenError:
+        return content
+    return {**content, "channels": previous} if previous is not None else content
 
 
 def dumps(content: dict[str, Any]) -> str:
@@ -75,7 +106,7 @@ def write_golden(path: Path, content: dict[str, Any]) -> None:
 
 REQUIRED = ("model", "config_id", "config", "input_size", "versions", "figures", "output_shape", "modules", "shapes")
 """Keys every golden holds: what the comparison reads, and the versions it reports."""
-OBJECTS = ("config", "versions", "figures", "modules", "shapes", "left_whole")
+OBJECTS = ("config", "versions", "figures", "modules", "shapes", "left_whole", "channels", "stock")
 """Keys whose value is looked up by name, so must be a JSON object."""
 JSON_TYPES = {dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number"}
 
@@ -189,10 +220,28 @@ def _keyed_diff(expected: dict[str, Any], obtained: dict[str, Any]) -> list[tupl
     return [(k, expected.get(k), obtained.get(k)) for k in keys if expected.get(k) != obtained.get(k)]
 
 
+def _flat(block: Any) -> dict[str, Any]:
+    """A block with nested objects spelled ``outer.inner``, so a diff names the one entry that changed."""
+    if not isinstance(block, dict):
+        return {"": block}
+    flat: dict[str, Any] = {}
+    for key, value in block.items():
+        if isinstance(value, dict) and value:
+            flat.update({f"{key}.{inner}": v for inner, v in _flat(value).items()})
+        else:
+            flat[key] = value
+    return flat
+
+
 def diff_golden(expected: dict[str, Any], obtained: dict[str, Any]) -> GoldenDiff:
     figures = _keyed_diff(expected.get("figures", {}), obtained["figures"])
     groups = _keyed_diff(expected.get("groups", {}), obtained.get("groups", {}))
     figures += [(f"groups {name}", old, new) for name, old, new in groups]
+    if "stock" in obtained and (expected.get("stock") or {}).get("verdict") != obtained["stock"]["verdict"]:
+        figures.append(("stock verdict", (expected.get("stock") or {}).get("verdict"), obtained["stock"]["verdict"]))
+    if "channels" in obtained:  # compared only when this run checked channels
+        channels = _keyed_diff(_flat(expected.get("channels", {})), _flat(obtained["channels"]))
+        figures += [(f"channels {name}", old, new) for name, old, new in channels]
     for key in ("output_shape", "input_size", "config"):
         if expected.get(key) != obtained[key]:
             figures.append((key, expected.get(key), obtained[key]))
@@ -210,13 +259,17 @@ def _capped(lines: list[str], cap: int) -> list[str]:
     return [*lines[:cap], f"  ... and {len(lines) - cap} more not shown"]
 
 
+def _shown(value: Any) -> str:
+    return "<absent>" if value is None else str(value)
+
+
 def _number_row(name: str, expected: Any, obtained: Any) -> str:
     if isinstance(expected, int) and isinstance(obtained, int):
         change = f"{obtained - expected:+d}"
         if expected:
             change += f" ({(obtained - expected) / expected:+.3%})"
-    else:
-        change = "changed"
+    else:  # a status or a count that one side lacks: golden => obtained, like the module lines
+        return f"  {name}: {_shown(expected)} => {_shown(obtained)}"
     return f"  {name:<18} {obtained!s:>16} {expected!s:>16}   {change}"
 
 

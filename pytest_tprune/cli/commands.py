@@ -17,14 +17,16 @@ from typing import Any
 from pytest_tprune.cli.base import Parser, emit, fail, parse_or_status
 from pytest_tprune.errors import EXIT_OK
 from pytest_tprune.reports.compare import DEFAULT_DURATION_FACTOR, FORMATS, MIN_DURATION_DELTA, compare_reports
+from pytest_tprune.reports.fallbacks import DEFAULT_KEPT_TOLERANCE
 from pytest_tprune.reports.schema import ReportError, load_report
 
 
 def compare_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="tprune compare",
-        description="Compare two pytest-tprune JSON run reports "
-        "(exit 1 when a case newly fails or disappeared, or a report is incomplete; 2 for bad input).",
+        description="Compare two pytest-tprune JSON run reports (exit 1 when a case newly fails, prunes less "
+        "- more groups left whole or skipped, a kept fraction grown past --kept-tolerance, a worse stock "
+        "torch-pruning verdict - or disappeared, or a report is incomplete; 2 for bad input).",
     )
     parser.add_argument("old", metavar="OLD.json", help="the baseline report (e.g. the pinned library versions)")
     parser.add_argument("new", metavar="NEW.json", help="the report to check (e.g. the upgraded libraries)")
@@ -37,11 +39,19 @@ def compare_parser() -> argparse.ArgumentParser:
         help=f"report cases this many times slower or faster, by at least {MIN_DURATION_DELTA:g} s "
         f"(default {DEFAULT_DURATION_FACTOR:g})",
     )
+    parser.add_argument(
+        "--kept-tolerance",
+        type=float,
+        default=DEFAULT_KEPT_TOLERANCE,
+        metavar="FRACTION",
+        help="how much a case's kept fraction of params or MACs may grow before it is a regression: absolute, "
+        f"in [0, 1) (default {DEFAULT_KEPT_TOLERANCE:g}, i.e. one percentage point); a smaller one never is",
+    )
     return parser
 
 
 def compare_main(argv: Sequence[str]) -> int:
-    """``tprune compare OLD.json NEW.json [--format F] [--duration-threshold X]``.
+    """``tprune compare OLD.json NEW.json [--format F] [--duration-threshold X] [--kept-tolerance T]``.
 
     0 no regression; 1 regressed or a report is incomplete (the comparison is
     still printed, with a line naming the incomplete report); 2 bad input.
@@ -53,8 +63,15 @@ def compare_main(argv: Sequence[str]) -> int:
         return args
     if not args.duration_threshold > 1 or math.isinf(args.duration_threshold):
         return fail("tprune compare", f"--duration-threshold must be a factor above 1, got {args.duration_threshold:g}")
+    if not 0 <= args.kept_tolerance < 1:
+        return fail(
+            "tprune compare",
+            f"--kept-tolerance must be a fraction in [0, 1), e.g. 0.01 for one percentage point, "
+            f"got {args.kept_tolerance:g}",
+        )
     try:
-        comparison = compare_reports(load_report(args.old), load_report(args.new), args.duration_threshold)
+        old, new = load_report(args.old), load_report(args.new)
+        comparison = compare_reports(old, new, args.duration_threshold, args.kept_tolerance)
     except ReportError as err:
         return fail("tprune compare", str(err))
     emit(RENDERERS[args.format](comparison))

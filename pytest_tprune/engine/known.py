@@ -20,6 +20,14 @@ _RAW_FAILURES: dict[str, object] = {
         "[record], keyed by the root's name without its direction), so attn_pool.proj's own output group is "
         "ranked and never pruned"
     ),
+    "ghostnet_050@r0.50-local": (
+        "[equivalence] torch-pruning removes more channels than the ratio asks, the best-scored included: a "
+        "GhostModule concatenates its primary conv's output with a depthwise conv of it, so removing output j "
+        "of the depthwise half also removes primary channel j; the group's indices are closed over that "
+        "coupling after ranking (dependency/index_mapping.py _ConcatIndexMapping, _SliceIndexMapping), and on "
+        "the perturbed copy blocks.1.0.shortcut.0's group loses 6 of 8 channels at ratio 0.5, channel 3 "
+        "(the highest score) with them"
+    ),
 }
 """model pattern -> {config-id pattern: one-line root cause, or None where an exact config id is known
 to pass although a pattern covers it}; ``name@cfg`` keys are folded in below."""

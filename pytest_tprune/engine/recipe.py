@@ -110,6 +110,36 @@ def attention_heads(model: nn.Module) -> dict[nn.Module, int]:
     return heads
 
 
+def pruner_arguments(
+    model: nn.Module, spec: ModelSpec, config: PruneConfig, seed: int, engine_pruners: bool = True
+) -> dict[str, Any]:
+    """The seed recipe's ``MetaPruner`` arguments for ``model``, with fresh dicts (torch-pruning mutates
+    its mutable defaults). ``engine_pruners=False`` leaves out this project's pruners for timm layers that
+    torch-pruning lacks, keeping only the spec's own: what a user running plain torch-pruning passes."""
+    ignored = spec.ignored_layers(model) if spec.ignored_layers else classifier_layers(model)
+    heads = dict(spec.num_heads(model)) if spec.num_heads else attention_heads(model)
+    unwrapped = list(spec.unwrapped_parameters(model)) if spec.unwrapped_parameters else None
+    from pytest_tprune.engine.pruners import builtin_pruners
+
+    pruners = builtin_pruners(model) if engine_pruners else {}
+    if spec.customized_pruners:
+        pruners.update(spec.customized_pruners(model))
+    return {
+        "importance": make_importance(config.importance, seed),
+        "global_pruning": config.global_pruning,
+        "pruning_ratio": config.ratio,
+        "iterative_steps": config.iterative_steps,
+        "ignored_layers": list(ignored),
+        "round_to": config.round_to,
+        "isomorphic": config.isomorphic,
+        "num_heads": dict(heads),
+        "in_channel_groups": {},
+        "out_channel_groups": {},
+        "unwrapped_parameters": unwrapped,
+        "customized_pruners": pruners or None,
+    }
+
+
 def make_pruner(
     model: nn.Module,
     inputs: torch.Tensor,
@@ -118,31 +148,7 @@ def make_pruner(
     seed: int,
     culprits: Sequence[Culprit] = (),
 ) -> Any:
-    """A MetaPruner with fresh dicts: torch-pruning mutates its mutable defaults."""
-    ignored = spec.ignored_layers(model) if spec.ignored_layers else classifier_layers(model)
-    heads = dict(spec.num_heads(model)) if spec.num_heads else attention_heads(model)
-    unwrapped = list(spec.unwrapped_parameters(model)) if spec.unwrapped_parameters else None
-    from pytest_tprune.engine.pruners import builtin_pruners
-
-    pruners = builtin_pruners(model)
-    if spec.customized_pruners:
-        pruners.update(spec.customized_pruners(model))
+    """The engine's pruner: the seed recipe's arguments on a guarded ``MetaPruner``."""
     from pytest_tprune.engine.left_whole import guarded_pruner
 
-    return guarded_pruner()(
-        model,
-        inputs,
-        importance=make_importance(config.importance, seed),
-        global_pruning=config.global_pruning,
-        pruning_ratio=config.ratio,
-        iterative_steps=config.iterative_steps,
-        ignored_layers=list(ignored),
-        round_to=config.round_to,
-        isomorphic=config.isomorphic,
-        num_heads=dict(heads),
-        in_channel_groups={},
-        out_channel_groups={},
-        unwrapped_parameters=unwrapped,
-        customized_pruners=pruners or None,
-        culprits=culprits,
-    )
+    return guarded_pruner()(model, inputs, **pruner_arguments(model, spec, config, seed), culprits=culprits)

@@ -5,16 +5,23 @@
 torch-pruning set and the candidate upgrade) and groups what differs:
 
 * **regressions**: cases that did not fail in OLD and fail or error in NEW;
+* **absorbed by fallbacks**: cases that prune less in NEW, though they may
+  still pass: more groups left whole or skipped, a kept fraction grown by more
+  than a tolerance, or a worse stock torch-pruning verdict
+  (:mod:`pytest_tprune.reports.fallbacks`);
 * **disappeared**: cases of OLD that NEW does not have;
 * **fixed**: cases that failed or errored in OLD and pass in NEW;
+* **stock better**: cases whose stock torch-pruning verdict improved;
 * **changed behaviour**: every other outcome change (passed -> skipped,
   xfailed -> xpassed, still failing but at another check, ...), to review;
 * **figures changed**: params and MACs (both counters: torch-pruning's and
   FlopCounterMode's) of cases present in both, largest relative change first;
 * **appeared**: cases of NEW that OLD does not have;
-* **durations**: cases at least FACTOR times slower or faster, by at least a second.
+* **durations**: cases at least FACTOR times slower or faster, by at least a second,
+  shown with their CPU time and each run's machine load, which say whether
+  the two wall times are comparable; never a regression.
 
-Exit status: 1 when anything regressed (a regression or a disappeared case)
+Exit status: 1 when anything regressed (a regression, a case absorbed by fallbacks or a disappeared case)
 or when either report is incomplete (an interrupted run lists only the cases
 that finished, so every "disappeared" and every "unchanged" is in doubt: the
 comparison is still shown, with one line saying which report is incomplete),
@@ -41,7 +48,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pytest_tprune.errors import EXIT_FAILED, EXIT_OK
-from pytest_tprune.reports.schema import FAILING, Case, Key, Report, ReportError
+from pytest_tprune.reports.fallbacks import DEFAULT_KEPT_TOLERANCE, Finding, fallback_findings
+from pytest_tprune.reports.schema import FAILING, MACHINE_LOAD_KEY, Case, Key, Report, ReportError
 
 FORMATS = ("text", "markdown", "json")
 COMPARE_SCHEMA = 1  # version of the ``--format json`` document
@@ -60,11 +68,13 @@ FIGURES: tuple[tuple[str, str], ...] = (
 FIGURE_LABELS = dict(FIGURES)
 ENV_ORDER = ("torch", "timm", "torch-pruning", "python", "cuda", "cudnn", "device", "platform")
 
-# Group name -> title, in the order they are shown; the first two make the exit status 1.
+# Group name -> title, in the order they are shown; the first three make the exit status 1.
 GROUPS: tuple[tuple[str, str], ...] = (
     ("regressions", "Regressions: newly failing"),
+    ("absorbed", "Regressions: absorbed by fallbacks (pruned less, or stock torch-pruning worse)"),
     ("disappeared", "Disappeared: counted as regressions"),
     ("fixed", "Fixed: newly passing"),
+    ("stock_better", "Better: stock torch-pruning improved"),
     ("changed", "Changed behaviour: to review"),
     ("figures", "Figures changed: largest relative change first"),
     ("appeared", "Appeared: not regressions"),
@@ -73,8 +83,10 @@ GROUPS: tuple[tuple[str, str], ...] = (
 # How the verdict line counts each group: "2 newly failing, 1 disappeared, ...".
 SUMMARY_WORDS = {
     "regressions": "newly failing",
+    "absorbed": "absorbed by fallbacks",
     "disappeared": "disappeared",
     "fixed": "fixed",
+    "stock_better": "with a better stock verdict",
     "changed": "changed behaviour",
     "figures": "with changed figures",
     "appeared": "appeared",
@@ -180,14 +192,24 @@ class FiguresChange:
 
 
 @dataclass(frozen=True)
+class FallbackChange:
+    """A case of both reports that prunes less in NEW (or whose stock verdict changed): what, case by case."""
+
+    case: CaseChange
+    findings: list[Finding]
+
+
+@dataclass(frozen=True)
 class DurationChange:
-    """A notable duration change, with the step that changed most when both reports time steps."""
+    """A notable duration change, with the step that changed most and CPU times when both reports have them."""
 
     case: CaseChange
     old: float
     new: float
     step: str | None = None
     step_delta: float = 0.0
+    old_cpu: float | None = None
+    new_cpu: float | None = None
 
     @property
     def factor(self) -> float:
@@ -206,9 +228,14 @@ class Comparison:
     settings: list[tuple[str, Any, Any]]
     compared: int
     duration_factor: float
+    kept_tolerance: float = DEFAULT_KEPT_TOLERANCE
+    load: tuple[Any, Any] = (None, None)
+    """Each report's machine load (``environment.load_1min``: start and end of its run), for the durations."""
     regressions: list[CaseChange] = field(default_factory=list)
+    absorbed: list[FallbackChange] = field(default_factory=list)
     disappeared: list[CaseChange] = field(default_factory=list)
     fixed: list[CaseChange] = field(default_factory=list)
+    stock_better: list[FallbackChange] = field(default_factory=list)
     changed: list[CaseChange] = field(default_factory=list)
     figures: list[FiguresChange] = field(default_factory=list)
     appeared: list[CaseChange] = field(default_factory=list)
@@ -218,7 +245,7 @@ class Comparison:
 
     @property
     def regressed(self) -> bool:
-        return bool(self.regressions or self.disappeared)
+        return bool(self.regressions or self.absorbed or self.disappeared)
 
     @property
     def exit_status(self) -> int:
@@ -275,7 +302,8 @@ def duration_change(case: CaseChange, factor: float) -> DurationChange | None:
     if min(before, after) * factor > max(before, after):
         return None
     step, delta = largest_step_change(case.old.get("durations"), case.new.get("durations"))
-    return DurationChange(case, before, after, step, delta)
+    cpu_before, cpu_after = _number(case.old.get("cpu_time")), _number(case.new.get("cpu_time"))
+    return DurationChange(case, before, after, step, delta, cpu_before, cpu_after)
 
 
 def largest_step_change(old: Any, new: Any) -> tuple[str | None, float]:
@@ -303,22 +331,35 @@ def dict_changes(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, An
     return [(n, old.get(n), new.get(n)) for n in names if old.get(n) != new.get(n)]
 
 
-def compare_reports(old: Report, new: Report, duration_factor: float = DEFAULT_DURATION_FACTOR) -> Comparison:
+def comparable_environment(report: Report) -> dict[str, Any]:
+    """The environment without the machine's load, which differs between any two runs and is shown with durations."""
+    return {name: value for name, value in report.environment.items() if name != MACHINE_LOAD_KEY}
+
+
+def compare_reports(
+    old: Report,
+    new: Report,
+    duration_factor: float = DEFAULT_DURATION_FACTOR,
+    kept_tolerance: float = DEFAULT_KEPT_TOLERANCE,
+) -> Comparison:
     """Match the cases of two reports by (model, config_id) and sort every difference into its group."""
     ambiguous = ambiguous_pairs(old, new)
     before, after = index_cases(old, ambiguous), index_cases(new, ambiguous)
-    env_changes = dict_changes(old.environment, new.environment)
+    old_env, new_env = comparable_environment(old), comparable_environment(new)
+    env_changes = dict_changes(old_env, new_env)
     changed_names = {name for name, _, _ in env_changes}
     result = Comparison(
         old_path=old.path,
         new_path=new.path,
         environment=env_changes,
         unchanged_environment=[
-            (n, v) for n, v in sorted(new.environment.items(), key=lambda i: _env_order(i[0])) if n not in changed_names
+            (n, v) for n, v in sorted(new_env.items(), key=lambda i: _env_order(i[0])) if n not in changed_names
         ],
         settings=dict_changes(old.settings, new.settings),
         compared=len(before.keys() & after.keys()),
         duration_factor=duration_factor,
+        kept_tolerance=kept_tolerance,
+        load=(old.environment.get(MACHINE_LOAD_KEY), new.environment.get(MACHINE_LOAD_KEY)),
         incomplete=[(r.path, r.incomplete_reason) for r in (old, new) if not r.complete],
     )
     for key in sorted(before.keys() | after.keys()):
@@ -341,6 +382,11 @@ def sort_common_case(result: Comparison, case: CaseChange) -> None:
     group = outcome_group(case.old, case.new)
     if group is not None:
         getattr(result, group).append(case)
+    worse, better = fallback_findings(case.old, case.new, result.kept_tolerance)
+    if worse:
+        result.absorbed.append(FallbackChange(case, worse))
+    if better is not None:
+        result.stock_better.append(FallbackChange(case, [better]))
     changes = figure_changes(case.old, case.new)
     if changes:
         result.figures.append(FiguresChange(case, changes))

@@ -11,7 +11,7 @@ from typing import Any
 
 from pytest_tprune.reports.compare import dict_changes
 from pytest_tprune.reports.render import fmt_value
-from pytest_tprune.reports.schema import Case, Report, ReportError
+from pytest_tprune.reports.schema import MACHINE_LOAD_KEY, Case, Report, ReportError
 
 MERGE_FREE_ENV = ("platform",)  # may differ between the machines of one run's shards (kernel patch level)
 
@@ -21,7 +21,7 @@ def merge_environment(reports: list[Report]) -> dict[str, Any]:
     first = reports[0]
     for report in reports[1:]:
         for name, old, new in dict_changes(first.environment, report.environment):
-            if name not in MERGE_FREE_ENV:
+            if name not in MERGE_FREE_ENV and name != MACHINE_LOAD_KEY:
                 raise ReportError(
                     f"{report.path} ran with {name} {fmt_value(new)}, {first.path} with {fmt_value(old)}: "
                     "merge only the shards of one run"
@@ -31,7 +31,23 @@ def merge_environment(reports: list[Report]) -> dict[str, Any]:
         values = sorted({str(r.environment[name]) for r in reports if name in r.environment})
         if values:
             merged[name] = " | ".join(values)
+    load = merge_load([r.environment.get(MACHINE_LOAD_KEY) for r in reports])
+    if load is not None:
+        merged[MACHINE_LOAD_KEY] = load
     return merged
+
+
+def merge_load(loads: list[Any]) -> dict[str, Any] | None:
+    """The shards' machine loads as one: the highest start and end (the busiest machine bounds every duration)."""
+    known = [load for load in loads if isinstance(load, dict)]
+    if not known:
+        return None
+    merged: dict[str, Any] = {}
+    for when in ("start", "end"):
+        values = [v for load in known if isinstance(v := load.get(when), int | float) and not isinstance(v, bool)]
+        merged[when] = max(values) if values else None
+    shards = sum(load.get("shards", 1) if isinstance(load.get("shards"), int) else 1 for load in known)
+    return {**merged, "shards": shards} if shards > 1 else merged
 
 
 def _shard(settings: dict[str, Any]) -> tuple[int, int] | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -16,9 +17,15 @@ from pytest_tprune.reports.compare import (
     CaseChange,
     Comparison,
     DurationChange,
+    FallbackChange,
     FiguresChange,
 )
-from pytest_tprune.reports.schema import Case
+from pytest_tprune.reports.fallbacks import Finding
+from pytest_tprune.reports.schema import FAILING, Case
+
+DETAIL_GROUPS = ("regressions", "changed")
+"""Groups whose failing cases show their failure's whole message (a golden diff), not only its first line."""
+TEXT_DETAIL_LINES = 40  # the terminal shows this much of a detail; the markdown shows it all, folded
 
 # --- formatting helpers ---------------------------------------------------------------------------------------------
 
@@ -77,6 +84,44 @@ def fmt_step(change: DurationChange) -> str:
     return f"most in {change.step}: {change.step_delta:+.2f} s" if change.step else ""
 
 
+def fmt_cpu(change: DurationChange) -> str:
+    """``CPU 1.90 s -> 2.10 s`` when both reports timed the case's CPU, else empty."""
+    if change.old_cpu is None or change.new_cpu is None:
+        return ""
+    return f"CPU {change.old_cpu:.2f} s -> {change.new_cpu:.2f} s"
+
+
+def fmt_load(load: Any) -> str:
+    """A run's 1-minute load average as ``0.52 -> 1.80`` (start -> end), ``unknown`` when not recorded."""
+    if not isinstance(load, dict):
+        return "unknown"
+    start, end = load.get("start"), load.get("end")
+    text = " -> ".join(f"{v:.2f}" if isinstance(v, int | float) else "?" for v in (start, end))
+    shards = load.get("shards")
+    return f"{text} (highest of {shards} shards)" if isinstance(shards, int) and shards > 1 else text
+
+
+def load_line(comparison: Comparison) -> str | None:
+    """What made the two runs' wall times (in)comparable: each run's machine load at its start and end."""
+    old, new = comparison.load
+    if old is None and new is None:
+        return None
+    return f"machine load (1-min average, start -> end): old run {fmt_load(old)}, new run {fmt_load(new)}"
+
+
+def fmt_finding_value(finding: Finding, value: Any) -> str:
+    return f"{value:.2%}" if finding.kind == "kept" else str(value)
+
+
+def failure_detail(case: CaseChange) -> list[str]:
+    """The new row's whole failure message as lines, when it is failing and has more than its first line."""
+    row = case.new
+    if row is None or row.get("outcome") not in FAILING or not isinstance(row.get("detail"), str):
+        return []
+    lines: list[str] = row["detail"].splitlines()
+    return lines if len(lines) > 1 else []
+
+
 def environment_line(comparison: Comparison, quote: Callable[[str], str] = str) -> str:
     """``timm 1.0.29 -> 1.0.31, torch-pruning 1.6.0 -> 1.6.1``, or 'unchanged'."""
     parts = [f"{n} {quote(fmt_value(o))} -> {quote(fmt_value(v))}" for n, o, v in comparison.environment]
@@ -113,8 +158,8 @@ def duration_title(comparison: Comparison) -> str:
 # --- text -----------------------------------------------------------------------------------------------------------
 
 
-def text_case_lines(case: CaseChange) -> list[str]:
-    """A case in the text output: the outcome change, then its reason and hint when there are."""
+def text_case_lines(case: CaseChange, with_detail: bool = False) -> list[str]:
+    """A case in the text output: the outcome change, then its reason (and the rest of its message) and hint."""
     if case.old is None:
         line = f"  {case.label}: {describe(case.new)}"
     elif case.new is None:
@@ -125,6 +170,8 @@ def text_case_lines(case: CaseChange) -> list[str]:
     reason = case_reason(case)
     if reason:
         lines.append(f"      reason: {reason}")
+    detail = failure_detail(case)[1:TEXT_DETAIL_LINES] if with_detail else []
+    lines += [f"        {line}" for line in detail]
     if case.hint:
         lines.append(f"      note: {case.hint}")
     return lines
@@ -139,9 +186,15 @@ def text_figures_lines(change: FiguresChange) -> list[str]:
     return lines
 
 
+def text_fallback_lines(change: FallbackChange) -> list[str]:
+    """A case that prunes less (or whose stock verdict changed): its outcomes, then one line per finding."""
+    case = change.case
+    lines = [f"  {case.label}: {describe(case.old)} -> {describe(case.new)}"]
+    return lines + [f"      {one_line(finding.text())}" for finding in change.findings]
+
+
 def text_duration_lines(change: DurationChange) -> list[str]:
-    step = fmt_step(change)
-    extra = f"; {step}" if step else ""
+    extra = "".join(f"; {part}" for part in (fmt_step(change), fmt_cpu(change)) if part)
     return [f"  {change.case.label}: {change.old:.2f} s -> {change.new:.2f} s ({fmt_factor(change)}{extra})"]
 
 
@@ -163,13 +216,18 @@ def render_text(comparison: Comparison) -> str:
             continue
         heading = duration_title(comparison) if name == "durations" else title
         lines += ["", f"{heading} ({len(items)})"]
+        load = load_line(comparison) if name == "durations" else None
+        if load:
+            lines.append(f"  {load}")
         for item in items:
             if isinstance(item, FiguresChange):
                 lines += text_figures_lines(item)
             elif isinstance(item, DurationChange):
                 lines += text_duration_lines(item)
+            elif isinstance(item, FallbackChange):
+                lines += text_fallback_lines(item)
             else:
-                lines += text_case_lines(item)
+                lines += text_case_lines(item, with_detail=name in DETAIL_GROUPS)
     lines += ["", summary_line(comparison)]
     return "\n".join(lines) + "\n"
 
@@ -217,7 +275,41 @@ def md_figure_rows(changes: list[FiguresChange]) -> list[list[str]]:
 
 
 def md_duration_rows(changes: list[DurationChange]) -> list[list[str]]:
-    return [[md_case(d.case), f"{d.old:.2f} s", f"{d.new:.2f} s", fmt_factor(d), fmt_step(d)] for d in changes]
+    return [
+        [
+            md_case(d.case),
+            f"{d.old:.2f} s",
+            f"{d.new:.2f} s",
+            fmt_factor(d),
+            fmt_step(d),
+            fmt_cpu(d).removeprefix("CPU "),
+        ]
+        for d in changes
+    ]
+
+
+def md_fallback_rows(changes: list[FallbackChange]) -> list[list[str]]:
+    """One row per finding; the case is named on its first row."""
+    rows = []
+    for change in changes:
+        for index, f in enumerate(change.findings):
+            case = f"{md_case(change.case)} ({describe(change.case.new)})" if index == 0 else ""
+            old, new = fmt_finding_value(f, f.old), fmt_finding_value(f, f.new)
+            rows.append([case, md_cell(f.what), md_cell(old), md_cell(new), md_cell(f.note)])
+    return rows
+
+
+def md_details(cases: list[CaseChange]) -> list[str]:
+    """Each failing case's whole message (a golden diff: versions, modules golden => obtained), folded."""
+    lines: list[str] = []
+    for case in cases:
+        detail = failure_detail(case)
+        if not detail:
+            continue
+        fence = "````" if any("```" in line for line in detail) else "```"
+        summary = html.escape(f"{case.label}: {describe(case.new)}, the whole message")
+        lines += ["", f"<details><summary>{summary}</summary>", "", f"{fence}text", *detail, fence, "", "</details>"]
+    return lines
 
 
 def md_section(comparison: Comparison, name: str, title: str) -> list[str]:
@@ -225,14 +317,21 @@ def md_section(comparison: Comparison, name: str, title: str) -> list[str]:
     items: list[Any] = getattr(comparison, name)
     if not items:
         return []
+    intro: list[str] = []
     if name == "figures":
         table = md_table(["case", "figure", "before", "after", "change"], md_figure_rows(items))
     elif name == "durations":
         title = duration_title(comparison)
-        table = md_table(["case", "before", "after", "change", "step"], md_duration_rows(items))
+        load = load_line(comparison)
+        intro = [load[0].upper() + load[1:], ""] if load else []
+        table = md_table(["case", "before", "after", "change", "step", "CPU"], md_duration_rows(items))
+    elif name in ("absorbed", "stock_better"):
+        table = md_table(["case", "what", "before", "after", "note"], md_fallback_rows(items))
     else:
         table = md_table(["case", "before", "after", "reason / note"], md_case_rows(items))
-    return ["", f"### {title} ({len(items)})", "", *table]
+        if name in DETAIL_GROUPS:
+            table += md_details(items)
+    return ["", f"### {title} ({len(items)})", "", *intro, *table]
 
 
 def render_markdown(comparison: Comparison) -> str:
@@ -269,7 +368,8 @@ def _finite(value: float) -> float | None:
 def json_side(case: Case | None) -> dict[str, Any] | None:
     if case is None:
         return None
-    return {"nodeid": case["nodeid"], **{k: case.get(k) for k in ("outcome", "failed_check", "reason", "duration")}}
+    keys = ("outcome", "failed_check", "reason", "detail", "duration", "cpu_time")
+    return {"nodeid": case["nodeid"], **{k: case.get(k) for k in keys}}
 
 
 def json_case(case: CaseChange) -> dict[str, Any]:
@@ -288,11 +388,18 @@ def json_figures(change: FiguresChange) -> dict[str, Any]:
     return {**json_case(change.case), "largest_relative": _finite(change.largest), "figures": figures}
 
 
+def json_fallback(change: FallbackChange) -> dict[str, Any]:
+    findings = [{"kind": f.kind, "what": f.what, "old": f.old, "new": f.new, "note": f.note} for f in change.findings]
+    return {**json_case(change.case), "findings": findings}
+
+
 def json_duration(change: DurationChange) -> dict[str, Any]:
     return {
         **json_case(change.case),
         "old_seconds": change.old,
         "new_seconds": change.new,
+        "old_cpu_seconds": change.old_cpu,
+        "new_cpu_seconds": change.new_cpu,
         "factor": _finite(change.factor),
         "step": change.step,
         "step_delta": round(change.step_delta, 4),
@@ -318,6 +425,8 @@ def render_json(comparison: Comparison) -> str:
         "settings": {n: {"old": o, "new": v} for n, o, v in comparison.settings},
         "duration_factor": comparison.duration_factor,
         "min_duration_delta": MIN_DURATION_DELTA,
+        "kept_tolerance": comparison.kept_tolerance,
+        "load": {"old": comparison.load[0], "new": comparison.load[1]},
     }
     for name, _ in GROUPS:
         items: list[Any] = getattr(comparison, name)
@@ -325,6 +434,8 @@ def render_json(comparison: Comparison) -> str:
             document[name] = [json_figures(i) for i in items]
         elif name == "durations":
             document[name] = [json_duration(i) for i in items]
+        elif name in ("absorbed", "stock_better"):
+            document[name] = [json_fallback(i) for i in items]
         else:
             document[name] = [json_case(i) for i in items]
     return json.dumps(document, indent=1) + "\n"

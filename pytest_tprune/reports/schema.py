@@ -20,6 +20,16 @@ OUTCOMES = ("passed", "failed", "skipped", "xfailed", "xpassed", "error", "crash
 ``interrupted``: the run was stopped while it ran (Ctrl-C, ``-x`` under xdist), so it never finished."""
 FAILING = frozenset({"failed", "error", "crashed"})
 """Outcomes that are a failure of the case: a regression when the case did not fail before."""
+STOCK_VERDICTS = ("ok", "skips groups", "breaks the forward", "crashes", "hangs")
+"""What stock torch-pruning (without the engine's fallbacks) does with a case, from best to worst: a case may
+carry ``stock: {"verdict": V, "detail": "..."}``, and ``tprune compare`` ranks the verdicts in this order."""
+MACHINE_LOAD_KEY = "load_1min"
+"""The environment entry holding the machine's 1-minute load average at the run's start and end: it says
+whether two runs' durations are comparable, and differs between any two runs, so it is never an
+environment change to compare or to refuse a merge over."""
+DETAIL_MAX_LINES = 80
+DETAIL_MAX_CHARS = 8000
+"""A failure's ``detail`` (its whole message) is cut to this: enough for a golden diff, not a log."""
 
 Key = tuple[str, ...]
 Case = dict[str, Any]
@@ -43,11 +53,17 @@ class CaseRow:
     reason: str | None = None
     figures: dict[str, Any] = field(default_factory=dict)
     duration: float = 0.0
+    cpu_time: float | None = None
+    """CPU seconds of the process that ran the case (all its threads), over the same phases as ``duration``."""
+    detail: str | None = None
+    """A failure's whole message when it has more lines than ``reason`` (a golden diff), paths relative."""
     crash: dict[str, Any] | None = None
     """For a ``crashed`` case: the worker id, its exit code or signal, xdist's error text."""
 
     def to_dict(self) -> dict[str, Any]:
         crash = {"crash": self.crash} if self.crash is not None else {}
+        detail = {"detail": self.detail} if self.detail is not None else {}
+        cpu = {"cpu_time": round(self.cpu_time, 4)} if self.cpu_time is not None else {}
         return {
             "nodeid": self.nodeid,
             "model": self.model,
@@ -56,7 +72,9 @@ class CaseRow:
             "outcome": self.outcome,
             "failed_check": self.failed_check,
             "reason": self.reason,
+            **detail,
             "duration": round(self.duration, 4),
+            **cpu,
             **crash,
             **self.figures,
         }
@@ -167,6 +185,19 @@ def check_case(path: str, index: int, case: Any) -> None:
             raise ReportError(f"{path} is not a valid pytest-tprune report: case {index} has no text '{name}'")
     if case["outcome"] not in OUTCOMES:
         raise ReportError(f"{path}: case {index} has an unknown outcome {case['outcome']!r}")
+    check_stock(path, index, case.get("stock"))
+
+
+def check_stock(path: str, index: int, stock: Any) -> None:
+    """Raise a :class:`ReportError` unless a case's ``stock`` is absent or ``{"verdict": one of STOCK_VERDICTS}``."""
+    if stock is None:
+        return
+    verdict = stock.get("verdict") if isinstance(stock, dict) else None
+    if verdict not in STOCK_VERDICTS:
+        found = repr(verdict) if isinstance(stock, dict) else "not an object"
+        raise ReportError(
+            f"{path}: case {index} has an unknown stock verdict ({found}): expected one of {', '.join(STOCK_VERDICTS)}"
+        )
 
 
 def load_report(path: str) -> Report:

@@ -17,12 +17,22 @@ incomplete one then goes next to it as ``NAME.incomplete.json``).
 
 from __future__ import annotations
 
+import os
 import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pytest_tprune.session.state import CASE_KEY, CHECK_KEY, CRASH_ATTR, FIGURES_KEY, WRITTEN_KEY, RunState
+from pytest_tprune.session.state import (
+    CASE_KEY,
+    CHECK_KEY,
+    CRASH_ATTR,
+    FIGURES_KEY,
+    WRITTEN_KEY,
+    RunState,
+    one_minute_load,
+)
+from pytest_tprune.session.transport import CPU_KEY, entries
 
 if TYPE_CHECKING:
     import pytest
@@ -33,7 +43,7 @@ if TYPE_CHECKING:
 
 def _props(report: pytest.TestReport) -> dict[str, list[Any]]:
     found: dict[str, list[Any]] = {}
-    for key, value in report.user_properties:
+    for key, value in entries(report):
         found.setdefault(key, []).append(value)
     return found
 
@@ -56,11 +66,32 @@ def _phase_outcome(report: pytest.TestReport) -> str:
     return "xpassed" if xfail else "passed"
 
 
-def _crash_message(report: pytest.TestReport) -> str | None:
-    """The first line of a failure's message: what a report reader needs, without the traceback."""
+def _failure_message(report: pytest.TestReport, rootdir: str | None) -> str | None:
+    """A failure's whole message, without the traceback, its paths relative to the rootdir (machine-independent)."""
     crash = getattr(report.longrepr, "reprcrash", None)
     message = str(getattr(crash, "message", "") or "").strip()
-    return message.splitlines()[0][:400] if message else None
+    if rootdir:
+        message = message.replace(rootdir.rstrip("/\\") + os.sep, "")
+    return message or None
+
+
+def first_line(message: str) -> str:
+    """What a summary row shows of a failure: its first line."""
+    return message.splitlines()[0][:400]
+
+
+def failure_detail(message: str) -> str | None:
+    """The whole message when it says more than its first line (a golden diff: versions, modules), capped."""
+    from pytest_tprune.reports.schema import DETAIL_MAX_CHARS, DETAIL_MAX_LINES
+
+    lines = message.splitlines()
+    if len(lines) < 2:
+        return None
+    kept = lines[:DETAIL_MAX_LINES]
+    if len(lines) > DETAIL_MAX_LINES:
+        kept.append(f"... {len(lines) - DETAIL_MAX_LINES} more line(s)")
+    text = "\n".join(kept)
+    return text if len(text) <= DETAIL_MAX_CHARS else text[: DETAIL_MAX_CHARS - 4] + "\n..."
 
 
 def observe_report(state: RunState, report: pytest.TestReport) -> None:
@@ -88,11 +119,15 @@ def observe_report(state: RunState, report: pytest.TestReport) -> None:
     if outcome in ("skipped", "xfailed"):
         row.reason = _skip_reason(report) or getattr(report, "wasxfail", None) or row.reason
     elif outcome in ("failed", "error"):
-        row.reason = _crash_message(report) or row.reason
+        message = _failure_message(report, state.rootdir)
+        if message is not None:
+            row.reason, row.detail = first_line(message), failure_detail(message)
     if props.get(CHECK_KEY) and outcome in ("failed", "error", "xfailed"):
         row.failed_check = props[CHECK_KEY][-1]
     if props.get(FIGURES_KEY):
         row.figures = props[FIGURES_KEY][-1]
+    if props.get(CPU_KEY):
+        row.cpu_time = float(props[CPU_KEY][-1])
     for path in props.get(WRITTEN_KEY, []):
         if path not in state.written:
             state.written.append(path)
@@ -271,12 +306,57 @@ def finish_run(state: RunState, end: RunEnd) -> bool:
     if state.settings.shard is None and state.incomplete_reason is None and state.collection_known:
         state.unused = unused_goldens(state)
     written = write_report(state) if state.settings.report is not None else True
-    return (bool(state.unused) and not state.settings.warn_unused) or not written
+    summarized = write_summary_md(state) if state.settings.summary_md is not None else True
+    return (bool(state.unused) and not state.settings.warn_unused) or not written or not summarized
+
+
+def run_environment(state: RunState) -> dict[str, Any]:
+    """The report's environment, plus the machine's load at the run's start and end: are its durations comparable?"""
+    from pytest_tprune.engine.identity import environment
+    from pytest_tprune.reports.schema import MACHINE_LOAD_KEY
+
+    env = environment(state.settings.device)
+    load = {"start": state.load_start, "end": one_minute_load()}
+    if any(value is not None for value in load.values()):
+        env[MACHINE_LOAD_KEY] = load
+    return env
+
+
+def summary_notes(state: RunState) -> list[str]:
+    """What the markdown summary says besides the cases: an incomplete run, unused and written goldens."""
+    notes = []
+    if state.incomplete_reason is not None:
+        notes.append(f"**Incomplete run:** {state.incomplete_reason}; {len(state.rows)} case(s) recorded")
+    if state.unused:
+        verdict = "a warning" if state.settings.warn_unused else "an error"
+        notes.append(f"{len(state.unused)} unused golden file(s), {verdict}: {', '.join(state.unused[:10])}")
+    if state.written:
+        notes.append(f"wrote {len(state.written)} golden file(s)")
+    return notes
+
+
+def write_summary_md(state: RunState) -> bool:
+    """Write the run's summary as markdown (controller only, atomically); False, with a summary line, on failure."""
+    from pytest_tprune.reports.atomic import write_text_atomic
+    from pytest_tprune.reports.summary import summary_markdown
+    from pytest_tprune.session.header import guards_line, versions_line
+
+    target = state.settings.summary_md
+    assert target is not None
+    guards = guards_line(state)
+    header = [versions_line(state.settings.device), *([guards] if guards else [])]
+    text = summary_markdown(list(state.rows.values()), header, summary_notes(state))
+    try:
+        write_text_atomic(target, text)
+    except OSError as err:
+        state.report_lines.append(f"tprune: could not write the markdown summary to {target}: {err.strerror or err}")
+        return False
+    state.report_lines.append(f"tprune: markdown summary written to {target}")
+    return True
 
 
 def write_report(state: RunState) -> bool:
     """Write the JSON report (never replacing a complete one with an incomplete one unless asked); False on failure."""
-    from pytest_tprune.engine.identity import environment
     from pytest_tprune.reports.atomic import write_json_atomic
     from pytest_tprune.reports.schema import existing_complete_report, report_document
 
@@ -292,7 +372,7 @@ def write_report(state: RunState) -> bool:
         "golden_written": sorted(state.written),
         "crashes": state.crashes,
     }
-    document = report_document(list(state.rows.values()), environment(settings.device), extra, reason)
+    document = report_document(list(state.rows.values()), run_environment(state), extra, reason)
     try:
         write_json_atomic(target, document)
     except OSError as err:

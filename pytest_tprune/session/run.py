@@ -25,7 +25,9 @@ from pytest_tprune.session.state import (
     WRITTEN_KEY,
     CaseParam,
     RunState,
+    one_minute_load,
 )
+from pytest_tprune.session.transport import CaseTransport, add_junit_properties, record
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -48,15 +50,18 @@ def configure(config: pytest.Config) -> None:
         settings = parse_settings(config)
         if settings.report is not None:
             check_report_path(settings.report)
+        if settings.summary_md is not None:
+            check_report_path(settings.summary_md, "--tprune-summary-md")
         if settings.device.startswith("cuda"):
             from pytest_tprune.engine.recipe import resolve_device
 
             resolve_device(settings.device)
     except UsageError as err:
         raise pytest.UsageError(str(err)) from None
-    state = RunState(settings)
+    state = RunState(settings, rootdir=str(config.rootpath), load_start=one_minute_load())
     config.stash[STATE] = state
     config.pluginmanager.register(RunReporter(state), "tprune-reporter")
+    config.pluginmanager.register(CaseTransport(), "tprune-transport")
     from pytest_tprune.engine.resources import memory_at_start
     from pytest_tprune.session.usage import SelectionErrors
 
@@ -101,7 +106,8 @@ def start_case(request: pytest.FixtureRequest) -> TpruneCase:
         ),
     )
     identity = {"model": param.model, "config_id": param.config.config_id, "config": param.config.to_dict()}
-    request.node.user_properties.append((CASE_KEY, identity))
+    record(request.node, CASE_KEY, identity)
+    add_junit_properties(request.node, CASE_KEY, identity)
     reason = too_big_reason(spec, settings.max_params)
     if reason:
         pytest.skip(reason)
@@ -114,9 +120,12 @@ def finish_case(request: pytest.FixtureRequest, case: TpruneCase) -> None:
         from pytest_tprune.engine.resources import release_memory
 
         release_memory()
-    node = request.node
-    node.user_properties.append((FIGURES_KEY, case.report_row()))
-    node.user_properties.extend((WRITTEN_KEY, path) for path in case.golden_written)
+    node, row = request.node, case.report_row()
+    record(node, FIGURES_KEY, row)
+    add_junit_properties(node, FIGURES_KEY, row)
+    for path in case.golden_written:
+        record(node, WRITTEN_KEY, path)
+        add_junit_properties(node, WRITTEN_KEY, path)
 
 
 def _timeout(spec: ModelSpec, param: CaseParam, configured: float | None) -> float | None:
@@ -132,7 +141,9 @@ def note_failure(item: pytest.Item, call: pytest.CallInfo[None]) -> None:
     """A failed phase of a case: which check failed, for the report; a traceback pytest can render."""
     if call.excinfo is None or case_param(item) is None:
         return
-    item.user_properties.append((CHECK_KEY, failed_check(call.excinfo.value)))
+    check = failed_check(call.excinfo.value)
+    record(item, CHECK_KEY, check)
+    add_junit_properties(item, CHECK_KEY, check)
     drop_frames_without_line_numbers(call.excinfo)
 
 

@@ -38,6 +38,13 @@ OPTIONS: tuple[tuple[str, str, str | None, bool], ...] = (
     ("input-size", "cap the input's spatial size where the model allows (default: the model's own)", None, False),
     ("report", "write the JSON run report to this path", None, False),
     (
+        "summary-md",
+        "write the run's summary as markdown to this path (counts per outcome, failing cases, versions), "
+        "e.g. to append to $GITHUB_STEP_SUMMARY",
+        None,
+        False,
+    ),
+    (
         "report-replace-complete",
         "let an interrupted run's incomplete report replace a complete one at --tprune-report's path "
         "(default: keep it and write NAME.incomplete.json next to it)",
@@ -50,7 +57,7 @@ OPTIONS: tuple[tuple[str, str, str | None, bool], ...] = (
     (
         "checks",
         "checks check_all() runs, from forward,shapes,groups,equivalence,golden,reduction "
-        "(default: all but equivalence); "
+        "(default: all); "
         "e.g. 'forward,shapes,reduction' for a zoo sweep without goldens",
         None,
         False,
@@ -101,6 +108,8 @@ class Settings:
     """Ratios or modes came from the command line: goldens outside them are not judged unused."""
     report_replace_complete: bool = False
     """An incomplete run's report may replace a complete report at ``report`` (else it goes next to it)."""
+    summary_md: Path | None = None
+    """Where the controller writes the run's summary as markdown (``--tprune-summary-md``), if anywhere."""
 
 
 def _number(text: str, what: str, minimum: float) -> float:
@@ -175,26 +184,28 @@ def parse_settings(config: pytest.Config) -> Settings:
         checks=parse_checks(_text(config, "checks", None)),
         configs_narrowed=_raw(config, "ratios")[1] or _raw(config, "modes")[1],
         report_replace_complete=_flag(config, "report-replace-complete"),
+        summary_md=_path(config, "summary-md"),
     )
 
 
-def check_report_path(path: Path) -> None:
-    """Raise a UsageError unless the report can be written at ``path`` at the end of the run.
+def check_report_path(path: Path, option: str = "--tprune-report") -> None:
+    """Raise a UsageError unless the file ``option`` names can be written at ``path`` at the end of the run.
 
     Checked at start-up so that a typo costs seconds, not a run: the path must
     not be a directory, and its nearest existing ancestor must be a directory
     this process may create files in (missing folders are created when the
-    report is written). Nothing is created or changed here.
+    file is written). Nothing is created or changed here.
     """
+    example = path / ("summary.md" if option == "--tprune-summary-md" else "report.json")
     if path.is_dir():
-        raise UsageError(f"--tprune-report {path} is a directory: give a file path such as {path / 'report.json'}")
+        raise UsageError(f"{option} {path} is a directory: give a file path such as {example}")
     ancestor = path.parent
     while not ancestor.exists() and ancestor != ancestor.parent:
         ancestor = ancestor.parent
     if not ancestor.is_dir():
-        raise UsageError(f"--tprune-report {path}: {ancestor} is not a directory, so the report cannot go there")
+        raise UsageError(f"{option} {path}: {ancestor} is not a directory, so the file cannot go there")
     if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise UsageError(f"--tprune-report {path}: cannot write in {ancestor} (permission denied)")
+        raise UsageError(f"{option} {path}: cannot write in {ancestor} (permission denied)")
 
 
 def parse_checks(text: str | None) -> tuple[str, ...]:

@@ -1,13 +1,16 @@
 """What the plugin knows about one run in one process, and the keys its per-case data travels under.
 
 Per-case data goes from the process that ran a case to the one that reports
-in ``report.user_properties`` (xdist serialises them), under the keys below;
-each worker's collection travels in ``workeroutput``. ``config.stash`` holds
-the :class:`RunState` and is never sent anywhere.
+in a private attribute of each ``TestReport`` (xdist serialises it; see
+:mod:`pytest_tprune.session.transport`), under the keys below, and as scalar
+``user_properties`` of the same names for junit; each worker's collection
+travels in ``workeroutput``. ``config.stash`` holds the :class:`RunState` and
+is never sent anywhere.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -75,7 +78,19 @@ class RunState:
     incomplete_reason: str | None = None
     """Set when the run finished: why it did not cover every collected test (None: complete)."""
     report_lines: list[str] = field(default_factory=list)
-    """What the summary says about where the JSON report went (and a complete one kept)."""
+    """What the summary says about where the JSON report and the markdown summary went (and a complete one kept)."""
+    rootdir: str | None = None
+    """pytest's rootdir: failure messages in the report name paths relative to it."""
+    load_start: float | None = None
+    """The machine's 1-minute load average when the run started (None where the OS has none)."""
+
+
+def one_minute_load() -> float | None:
+    """The 1-minute load average (``os.getloadavg``), None where unavailable: how busy the machine is right now."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):  # Windows has no getloadavg; OSError when it cannot be read
+        return None
 
 
 STATE = pytest.StashKey[RunState]()

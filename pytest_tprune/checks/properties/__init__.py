@@ -67,7 +67,6 @@ from pytest_tprune.checks.properties.problems import (
     ratio_zero_problems,
     round_to_problems,
     same_model_problems,
-    save_load_problems,
 )
 from pytest_tprune.checks.properties.recorder import (
     DETERMINISTIC_IMPORTANCES,
@@ -79,12 +78,14 @@ from pytest_tprune.checks.properties.recorder import (
     reference_importance,
 )
 from pytest_tprune.checks.properties.rules import WIDTH_COUPLED_ATTENTION
+from pytest_tprune.checks.properties.saving import SAVE_PATHS, SaveLoad, save_load_problems, save_load_round_trips
 
 __all__ = [
     "DETERMINISTIC_IMPORTANCES",
     "EQUIVALENCE_TOLERANCE",
     "PERTURB_FLOOR",
     "PERTURB_SCALE",
+    "SAVE_PATHS",
     "TIE_TOLERANCE",
     "WIDTH_COUPLED_ATTENTION",
     "EquivalenceReport",
@@ -92,6 +93,7 @@ __all__ = [
     "MemberTrace",
     "RecordedPrune",
     "RefusedGroup",
+    "SaveLoad",
     "SizeFigures",
     "criterion_problems",
     "determinism_problems",
@@ -107,6 +109,7 @@ __all__ = [
     "round_to_problems",
     "same_model_problems",
     "save_load_problems",
+    "save_load_round_trips",
     "soft_prune",
     "unfuse_attention",
 ]

@@ -9,7 +9,8 @@ operations the two agree up to float rounding (the limits are in
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -100,12 +101,31 @@ class EquivalenceReport:
         return not self.problems
 
 
+@contextmanager
+def _in_float64(model: nn.Module) -> Iterator[None]:
+    """``model``'s floating tensors in float64 for the duration, then each back in its own dtype.
+
+    Exact both ways (float64 holds every float32, float16 and bfloat16 value), and
+    cheaper than a deep copy of a large model.
+    """
+    tensors = [t for t in [*model.parameters(), *model.buffers()] if t.is_floating_point()]
+    dtypes = [t.dtype for t in tensors]
+    for t in tensors:
+        t.data = t.data.double()
+    try:
+        yield
+    finally:
+        for t, dtype in zip(tensors, dtypes, strict=True):
+            t.data = t.data.to(dtype)
+
+
 def _soft_error(hard: nn.Module, soft: nn.Module, inputs: torch.Tensor) -> float:
     """``max|hard - soft| / (1 + max|soft|)`` in float64; infinite when shapes differ or values are not finite."""
     import torch
 
-    a = eval_output(copy.deepcopy(hard).double(), inputs.double())
-    b = eval_output(copy.deepcopy(soft).double(), inputs.double())
+    with _in_float64(hard):  # converted in place and back (exact): the pruned model is checked further
+        a = eval_output(hard, inputs.double())
+    b = eval_output(soft.double(), inputs.double())  # soft_prune's own copy
     if a.shape != b.shape:
         return float("inf")
     if not (bool(torch.isfinite(a).all()) and bool(torch.isfinite(b).all())):
@@ -124,6 +144,7 @@ def equivalence_report(
     tolerance: float = EQUIVALENCE_TOLERANCE,
     inputs: torch.Tensor | None = None,
     only: Callable[[GroupTrace], bool] | None = None,
+    baseline: Baseline | None = None,
 ) -> EquivalenceReport:
     """The pruned model computes what the soft-pruned original computes (see the module docstring).
 
@@ -138,14 +159,16 @@ def equivalence_report(
     the embedding dim). ``unfuse`` turns timm's fused attention off on both
     models (see :func:`unfuse_attention`); ``include_blocked`` prunes blocked
     groups too, to show that a blocker really breaks equivalence; ``only``
-    restricts the check to the groups it accepts.
+    restricts the check to the groups it accepts; ``baseline`` is the
+    measurement of ``model`` from an earlier call (``report.recorded.baseline``),
+    so a model checked under several configs is measured once.
     """
     base = copy.deepcopy(model).eval()
     if unfuse:
         unfuse_attention(base)
     batch = spec.make_inputs(2, seed) if inputs is None else inputs
     excluded: dict[tuple[str, str], str] = {}
-    measured: list[Baseline | None] = [None]  # the unpruned model is measured once, for every prune below
+    measured: list[Baseline | None] = [baseline]  # the unpruned model is measured once, for every prune below
 
     def prune_where(select: Callable[[GroupTrace], bool]) -> RecordedPrune:
         recorded = record_prune(spec, lambda: copy.deepcopy(base), config, seed, select=select, baseline=measured[0])

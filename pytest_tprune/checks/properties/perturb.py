@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
 PERTURB_SCALE = 0.1
@@ -28,8 +29,11 @@ def perturb(model: nn.Module, seed: int, scale: float = PERTURB_SCALE, floor: fl
     weights 1, BatchNorm means 0, layer-scale gammas of 1e-5) distinct values
     of an observable size. BatchNorm ``running_var`` is multiplied by
     ``exp(scale * N1)`` and gets ``floor * |N2|`` added instead, so it stays
-    positive. Non-finite entries (masks of ``-inf``) and integer buffers are
-    left alone.
+    positive. Non-finite entries (masks of ``-inf``), integer buffers and
+    non-persistent buffers are left alone: the last are constants the module
+    derives from its configuration (timm's ``BlurPool2d`` filter, one blur
+    kernel repeated per channel; position tables), not state a checkpoint
+    carries, and an adapter may rely on them being the same for every channel.
 
     Why: a fresh timm init leaves many tensors constant across channels, and
     then keeping the wrong channel of such a tensor changes nothing observable;
@@ -40,7 +44,7 @@ def perturb(model: nn.Module, seed: int, scale: float = PERTURB_SCALE, floor: fl
 
     generator = torch.Generator().manual_seed(seed)
     tensors: list[tuple[str, torch.Tensor]] = list(model.named_parameters())
-    tensors += [(name, b) for name, b in model.named_buffers() if b.is_floating_point()]
+    tensors += [(name, b) for name, b in _persistent_buffers(model) if b.is_floating_point()]
     with torch.no_grad():
         for name, tensor in tensors:
             if not tensor.is_floating_point() or tensor.numel() == 0:
@@ -56,6 +60,19 @@ def perturb(model: nn.Module, seed: int, scale: float = PERTURB_SCALE, floor: fl
                 new = old * (1 + scale * n1) + max(scale * rms, floor) * n2
             tensor.copy_(torch.where(finite, new, old).to(device=tensor.device, dtype=tensor.dtype))
     return model
+
+
+def _persistent_buffers(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """``model.named_buffers()`` less each module's non-persistent ones (those left out of its state_dict)."""
+    found: list[tuple[str, torch.Tensor]] = []
+    seen: set[int] = set()
+    for prefix, module in model.named_modules():
+        skip: set[str] = getattr(module, "_non_persistent_buffers_set", set())
+        for name, buffer in module.named_buffers(recurse=False):
+            if buffer is not None and name not in skip and id(buffer) not in seen:  # a shared buffer once
+                seen.add(id(buffer))
+                found.append((f"{prefix}.{name}" if prefix else name, buffer))
+    return found
 
 
 def unfuse_attention(model: nn.Module) -> list[str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import io
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -235,38 +234,6 @@ def round_to_problems(recorded: RecordedPrune) -> list[str]:
                 f"{label}: kept {kept} of {first.channels} channels (groups={first.channel_groups}), "
                 f"the shape rule predicts {expected} at ratio {config.ratio} with round_to={k}"
             )
-    return problems
-
-
-def save_load_problems(pruned: nn.Module, fresh: nn.Module, inputs: torch.Tensor, serialize: bool = True) -> list[str]:
-    """``torch_pruning.state_dict`` saved and loaded into a fresh unpruned model reproduces the pruned one.
-
-    The state goes through ``torch.save``/``torch.load`` as a user would store
-    it (``weights_only=False``: torch-pruning pickles whole module dicts, which
-    torch >= 2.6's default ``weights_only=True``, and so ``tp.load``, refuses).
-    The loaded model must equal the pruned one bit for bit and share no
-    tensor with it. ``serialize=False`` loads the in-memory state directly,
-    which shows that torch-pruning's state is a shallow copy: the "fresh"
-    model then shares its submodules and parameters with the pruned one.
-    """
-    import torch
-    import torch_pruning as tp
-
-    state = tp.state_dict(pruned)
-    if serialize:
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        buffer.seek(0)
-        state = torch.load(buffer, weights_only=False)
-    try:
-        loaded = tp.load_state_dict(fresh, state_dict=state)
-    except Exception as exc:  # e.g. a read-only property recorded as an attribute
-        return [f"torch_pruning.load_state_dict failed: {type(exc).__name__}: {exc}"]
-    problems = same_model_problems(pruned, loaded, inputs, "loaded model differs from the pruned one")
-    pointers = {p.data_ptr() for p in pruned.parameters()}
-    shared = [n for n, p in loaded.named_parameters() if p.data_ptr() in pointers]
-    if shared:
-        problems.append(f"loaded model shares tensors with the pruned one: {', '.join(shared[:5])}")
     return problems
 
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pytest_tprune.checks.properties.rules import blockers, member_rule, owner_of
+from pytest_tprune.checks.properties.rules import blockers, is_depthwise, member_rule, owner_of
 from pytest_tprune.engine.config import PruneConfig
 from pytest_tprune.engine.models import ModelSpec
 from pytest_tprune.engine.tp_internals import (
@@ -216,6 +216,7 @@ class _AttemptTrace:
         self.criterion = criterion
         self.select = select
         self.heads = set(pruner.num_heads)
+        self.depthwise = _depthwise_convs(model)  # before any group is pruned: the rules number unpruned tensors
         self.ranked: dict[tuple[int, bool], tuple[torch.Tensor, int]] = {}
         self.alive: dict[tuple[str, str], list[int]] = {}
         self.pruned: list[GroupTrace] = []
@@ -248,7 +249,7 @@ class _AttemptTrace:
 
     def on_group(self, pruner: Any, group: Any, step: int) -> bool:
         ranked = self.ranked.pop(root_key(self.graph, group), None)  # a ranking is used by the yield it led to
-        trace = _trace_group(self.model, self.graph, pruner, group, step, ranked, self.heads)
+        trace = _trace_group(self.model, self.graph, pruner, group, step, ranked, self.heads, self.depthwise)
         if self.select is not None and not self.select(trace):
             trace.pruned = False
             for member in trace.members:
@@ -260,6 +261,13 @@ class _AttemptTrace:
         return True
 
 
+def _depthwise_convs(model: nn.Module) -> set[int]:
+    """The ids of the convolutions that are depthwise in ``model`` as it is now."""
+    from torch.nn.modules.conv import _ConvNd
+
+    return {id(m) for m in model.modules() if isinstance(m, _ConvNd) and is_depthwise(m)}
+
+
 def _trace_group(
     model: nn.Module,
     graph: Any,
@@ -268,6 +276,7 @@ def _trace_group(
     step: int,
     ranked: tuple[torch.Tensor, int] | None,
     heads: set[Any],
+    depthwise: set[int],
 ) -> GroupTrace:
     from torch import nn
 
@@ -298,7 +307,7 @@ def _trace_group(
                 trace.blockers.append(f"member {type(target).__name__} is not a named part of the model")
             continue
         direction = "out" if is_out_channels(graph, item.dep) else "in"
-        rule = member_rule(target, direction, pruning_dim(item.dep))
+        rule = member_rule(target, direction, pruning_dim(item.dep), depthwise=id(target) in depthwise)
         owner = owner_of(model, name)
         if isinstance(rule, str):
             trace.blockers.append(f"{name}: {rule}")

@@ -23,18 +23,25 @@ def mixes_channels(module: Any) -> bool:
     return isinstance(module, (nn.LayerNorm, nn.GroupNorm, rms)) or "Norm" in type(module).__name__
 
 
-def _is_depthwise(conv: Any) -> bool:
+def is_depthwise(conv: Any) -> bool:
     """torch-pruning's test: groups == out_channels > 1 (it prunes in and out channels together)."""
     return bool(conv.groups == conv.out_channels and conv.out_channels > 1)
 
 
-def member_rule(target: Any, direction: str, pruning_dim: int) -> tuple[str, str, int] | str:
+def member_rule(
+    target: Any, direction: str, pruning_dim: int, depthwise: bool | None = None
+) -> tuple[str, str, int] | str:
     """``(rule, axis, dim)`` saying which slices the removal of channels zeroes, or why none applies.
 
     ``axis`` names the tensor dimension of the original model the indices live
     in (``out`` or ``in``), so that indices of later iterative steps can be
     mapped back to it; BatchNorm, depthwise convolutions and parameters prune
     one dimension whatever the handler, so they always use ``out``.
+    ``depthwise`` says whether a convolution was depthwise *in the unpruned
+    model*: the rule zeroes slices of the unpruned tensors, and a grouped
+    convolution whose output was pruned to one channel per group looks
+    depthwise by then (dla46x_c's 64 -> 64, groups=32 bottleneck conv), while its
+    input channels still number as in a grouped one.
     """
     from torch import nn
     from torch.nn.modules.batchnorm import _BatchNorm
@@ -46,7 +53,7 @@ def member_rule(target: Any, direction: str, pruning_dim: int) -> tuple[str, str
     if isinstance(target, _ConvNd):
         if target.transposed:
             return f"no soft-pruning rule for transposed convolution {type(target).__name__}"
-        if _is_depthwise(target) or direction == "out":
+        if (is_depthwise(target) if depthwise is None else depthwise) or direction == "out":
             return ("rows", "out", 0)
         return ("cols", "in", 1) if target.groups == 1 else ("grouped-cols", "in", 1)
     if isinstance(target, nn.Linear):

@@ -8,7 +8,8 @@ reads or wraps a private name does it here, so an upgrade of torch-pruning
 that moves an internal is handled here and nowhere else.
 
 The package splits by concern: :mod:`.graph` reads the graph and the pruner,
-:mod:`.guards` wraps torch-pruning's index mappings and group walk, and
+:mod:`.guards` probes each guard's internals and wraps the index mappings,
+:mod:`.walk` bounds (or, for the stock verdict, counts) the group walk, and
 :mod:`.ledger` accounts for every group torch-pruning offers.
 """
 
@@ -38,12 +39,12 @@ from pytest_tprune.engine.tp_internals.guards import (
     GuardUnavailable,
     TraversalCycle,
     UnmappableIndices,
-    bound_traversal,
     guard_status,
     guard_summary,
     reprobe,
     tolerant_index_mappings,
 )
+from pytest_tprune.engine.tp_internals.walk import bound_traversal, detect_cycles
 
 __all__ = [
     "TRAVERSAL_FACTOR",
@@ -53,6 +54,7 @@ __all__ = [
     "bound_traversal",
     "channel_groups",
     "current_step",
+    "detect_cycles",
     "dotted_name",
     "group_root",
     "guard_status",
