@@ -11,7 +11,6 @@ golden => obtained) with paths relative to the rootdir, as ``tprune compare
 from __future__ import annotations
 
 import json
-import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -49,16 +48,6 @@ GOLDEN = """
 def test_prune(tprune_case):
     tprune_case.check_golden()
 """
-
-
-@pytest.fixture
-def project(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
-    """An empty-ini project; child runs do not inherit the outer run's xdist identity."""
-    for name in list(os.environ):
-        if name.startswith("PYTEST_XDIST_"):
-            monkeypatch.delenv(name)
-    pytester.makefile(".toml", pyproject="[tool.pytest.ini_options]\n")
-    return pytester
 
 
 def junit_properties(path: Path) -> dict[str, dict[str, str]]:

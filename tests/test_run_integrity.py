@@ -75,16 +75,6 @@ def test_prune(tprune_case):
 """
 
 
-@pytest.fixture
-def project(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
-    """An empty-ini project; child runs do not inherit the outer run's xdist identity."""
-    for name in list(os.environ):
-        if name.startswith("PYTEST_XDIST_"):
-            monkeypatch.delenv(name)
-    pytester.makefile(".toml", pyproject="[tool.pytest.ini_options]\n")
-    return pytester
-
-
 def complete_report(path: Path) -> bytes:
     """A complete report from an earlier run, as bytes to compare against after the interrupted run."""
     path.parent.mkdir(parents=True, exist_ok=True)

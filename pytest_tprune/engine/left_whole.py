@@ -40,6 +40,7 @@ from pytest_tprune.engine.tp_internals import (
     bound_traversal,
     channel_groups,
     dotted_name,
+    graph_property,
     group_root,
     item_width,
     member_names,
@@ -195,14 +196,7 @@ def guarded_pruner() -> type:
                 super().__init__(*args, **kwargs)
             self.tprune_ledger = install_ledger(self)  # every group offered from now on gets a fate
 
-        @property
-        def DG(self) -> Any:
-            return self._tprune_graph
-
-        @DG.setter
-        def DG(self, graph: Any) -> None:
-            bound_traversal(graph)
-            self._tprune_graph = graph
+        DG = graph_property(bound_traversal)
 
         def estimate_importance(self, group: Any) -> Any:
             """The stock importance, or None (torch-pruning then skips the group) with a record."""

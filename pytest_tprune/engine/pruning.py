@@ -57,7 +57,7 @@ class _Clock:
             self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
 
 
-def _where(exc: BaseException) -> str | None:
+def raised_at(exc: BaseException) -> str | None:
     """``file:line in function`` of the innermost frame, for errors without a module."""
     frames = traceback.extract_tb(exc.__traceback__)
     if not frames:
@@ -70,7 +70,7 @@ def _where(exc: BaseException) -> str | None:
 def _fail(
     step: str, spec: ModelSpec, exc: BaseException, module: str | None = None, note: str | None = None
 ) -> PruneStepError:
-    return PruneStepError(step, spec.name, exc, module=module or _where(exc), note=note)
+    return PruneStepError(step, spec.name, exc, module=module or raised_at(exc), note=note)
 
 
 def _left_whole_note(left_whole: list[LeftWhole]) -> str | None:

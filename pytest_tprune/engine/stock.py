@@ -22,7 +22,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field
 from functools import cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pytest_tprune.engine.config import PruneConfig
 from pytest_tprune.engine.models import ModelSpec
@@ -111,17 +111,10 @@ def _watched_pruner() -> type:
     """``MetaPruner`` whose graph counts its walks from the start: the constructor already walks every group."""
     import torch_pruning as tp
 
-    from pytest_tprune.engine.tp_internals import detect_cycles
+    from pytest_tprune.engine.tp_internals import detect_cycles, graph_property
 
     class WatchedPruner(tp.pruner.MetaPruner):
-        @property
-        def DG(self) -> Any:
-            return self._tprune_graph
-
-        @DG.setter
-        def DG(self, graph: Any) -> None:
-            detect_cycles(graph)
-            self._tprune_graph = graph
+        DG = graph_property(detect_cycles)
 
     return WatchedPruner
 
@@ -154,11 +147,7 @@ def _first_line(exc: BaseException) -> str:
 
 def _described(exc: BaseException) -> str:
     """``ExcType: first line (file:line in function)``, the innermost frame, relative to site-packages."""
-    import traceback
+    from pytest_tprune.engine.pruning import raised_at
 
-    frames = traceback.extract_tb(exc.__traceback__)
-    where = ""
-    if frames:
-        last = frames[-1]
-        where = f" ({last.filename.split('site-packages/')[-1]}:{last.lineno} in {last.name})"
-    return f"{type(exc).__name__}: {_first_line(exc)}{where}"
+    where = raised_at(exc)
+    return f"{type(exc).__name__}: {_first_line(exc)}{f' ({where})' if where else ''}"

@@ -44,7 +44,7 @@ from pytest_tprune.engine.tp_internals.guards import (
     reprobe,
     tolerant_index_mappings,
 )
-from pytest_tprune.engine.tp_internals.walk import bound_traversal, detect_cycles
+from pytest_tprune.engine.tp_internals.walk import bound_traversal, detect_cycles, graph_property
 
 __all__ = [
     "TRAVERSAL_FACTOR",
@@ -56,6 +56,7 @@ __all__ = [
     "current_step",
     "detect_cycles",
     "dotted_name",
+    "graph_property",
     "group_root",
     "guard_status",
     "guard_summary",

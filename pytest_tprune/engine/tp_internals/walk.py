@@ -10,6 +10,7 @@ engine would have stopped it).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache
 from typing import Any
 
@@ -72,15 +73,26 @@ def bound_traversal(graph: Any) -> None:
     """
     if active(BOUNDED) is None:
         return
-    edges = [dep for node in graph.module2node.values() for dep in node.dependencies]
-    for dep in edges:
-        dep.index_mapping = _CountingMappings(list(dep.index_mapping), graph, dep)
-    graph.tprune_walk_steps = 0.0
-    graph.tprune_root_width = 1
-    graph.tprune_walk_reached = []
+    _charge_walks(graph)
     graph.tprune_cyclic = {}
-    graph.tprune_walk_budget = TRAVERSAL_FACTOR * len(edges) + 64
     graph.__class__ = _bounded_graph_class(graph.__class__)
+
+
+def graph_property(install: Callable[[Any], Any]) -> property:
+    """A pruner's ``DG`` that runs ``install`` on the graph when the constructor assigns it.
+
+    ``MetaPruner.__init__`` builds the graph and walks every group before it
+    returns, so a guard or a counter must be on the graph from the assignment.
+    """
+
+    def get(self: Any) -> Any:
+        return self._tprune_graph
+
+    def set_(self: Any, graph: Any) -> None:
+        install(graph)
+        self._tprune_graph = graph
+
+    return property(get, set_)
 
 
 def detect_cycles(graph: Any) -> bool:
@@ -93,13 +105,25 @@ def detect_cycles(graph: Any) -> bool:
     """
     if active(BOUNDED) is None:
         return False
+    _charge_walks(graph)
+    graph.__class__ = _counting_graph_class(graph.__class__)
+    return True
+
+
+def _charge_walks(graph: Any) -> None:
+    """Every edge's mapping list charges the walk that reads it, against a budget sized by the graph's edges."""
     edges = [dep for node in graph.module2node.values() for dep in node.dependencies]
     for dep in edges:
         dep.index_mapping = _CountingMappings(list(dep.index_mapping), graph, dep)
-    graph.tprune_walk_steps, graph.tprune_root_width, graph.tprune_walk_reached = 0.0, 1, []
+    _start_walk(graph, 1)
     graph.tprune_walk_budget = TRAVERSAL_FACTOR * len(edges) + 64
-    graph.__class__ = _counting_graph_class(graph.__class__)
-    return True
+
+
+def _start_walk(graph: Any, idxs: Any) -> None:
+    """A new group walk from a root pruning ``idxs``: no step charged, nothing reached yet."""
+    graph.tprune_walk_steps = 0.0
+    graph.tprune_root_width = max(1, len(idxs) if hasattr(idxs, "__len__") else 1)
+    graph.tprune_walk_reached = []
 
 
 @cache
@@ -110,9 +134,7 @@ def _counting_graph_class(base: Any) -> type:
         tprune_root_width: int
 
         def get_pruning_group(self, module: Any, pruning_fn: Any, idxs: Any) -> Any:
-            self.tprune_walk_steps = 0.0
-            self.tprune_root_width = max(1, len(idxs) if hasattr(idxs, "__len__") else 1)
-            self.tprune_walk_reached = []
+            _start_walk(self, idxs)
             return super().get_pruning_group(module, pruning_fn, idxs)
 
     CountingGraph.__name__ = CountingGraph.__qualname__ = f"Counting{base.__name__}"
@@ -143,9 +165,7 @@ def _bounded_graph_class(base: Any) -> type:
             known = self.tprune_cyclic.get(module) if self.is_out_channel_pruning_fn(pruning_fn) else None
             if known is not None:
                 return _marked_root_group(self, module, pruning_fn, idxs, known)
-            self.tprune_walk_steps = 0.0
-            self.tprune_root_width = max(1, len(idxs) if hasattr(idxs, "__len__") else 1)
-            self.tprune_walk_reached = []
+            _start_walk(self, idxs)
             try:
                 with tolerant_index_mappings():
                     group = super().get_pruning_group(module, pruning_fn, idxs)
