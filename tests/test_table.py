@@ -75,11 +75,16 @@ def fused_qkv_failure(model: str) -> dict[str, Any]:
     return case(model, "failed", failed_check="forward", reason=reason)
 
 
+def stock(verdict: str) -> dict[str, Any]:
+    """A case's stock torch-pruning verdict, as the report has it."""
+    return {"stock": {"verdict": verdict, "detail": f"{verdict} (detail)"}}
+
+
 SHARD_1 = [
-    case("vit_small", groups_pruned=10, groups_left_whole=2),
+    case("vit_small", groups_pruned=10, groups_left_whole=2, **stock("ok")),
     timeout("vit_huge"),
     case("vit_giant", "skipped", reason=MEMORY_SKIP),
-    case("cspresnet50"),
+    case("cspresnet50", **stock("ok")),
 ]
 SHARD_2 = [
     case(
@@ -89,10 +94,11 @@ SHARD_2 = [
         reason="pytest_tprune.case.CheckFailed: [reduction] params did not decrease: 27642184 => 27642184",
         groups_pruned=0,
         groups_left_whole=44,
+        **stock("crashes"),
     ),
     case("halonet_h1", "xfailed", reason="known failure: hang: prune() does not finish within 60 s on CPU"),
-    fused_qkv_failure("vit_xp"),
-    fused_qkv_failure("vit_xp_large"),
+    {**fused_qkv_failure("vit_xp"), **stock("breaks the forward")},
+    {**fused_qkv_failure("vit_xp_large"), **stock("breaks the forward")},
 ]
 
 
@@ -158,15 +164,38 @@ def test_each_family_row_names_the_models_behind_each_cause(
 ) -> None:
     page = render(capsys, *shards)
     assert row_of(page, "vision_transformer") == (
-        "| vision_transformer | 5 | 1 | 2 / 12 |  | "
+        "| vision_transformer | 5 | 1 | 2 / 12 | 2x breaks the forward, 1x ok |  | "
         "2x forward failed in module 'blocks.0': RuntimeError: shape '[1, 197, 384]' is invalid \\| "
         "for input of size 151296: `vit_xp`, `vit_xp_large`; 1x timeout at 60 s: `vit_huge` | "
         "1x memory guard (over a worker's 11.8 GiB): `vit_giant` (22.6 GiB) |"
     )
     assert row_of(page, "cspnet") == (
-        "| cspnet | 2 | 1 |  |  | 1x nothing pruned: every group left whole: `cspdarknet53` (44 groups) |  |"
+        "| cspnet | 2 | 1 |  | 1x crashes, 1x ok |  | "
+        "1x nothing pruned: every group left whole: `cspdarknet53` (44 groups) |  |"
     )
-    assert row_of(page, "byoanet") == "| byoanet | 1 | 0 |  | 1x hang (time limit): `halonet_h1` |  |  |"
+    assert row_of(page, "byoanet") == "| byoanet | 1 | 0 |  |  | 1x hang (time limit): `halonet_h1` |  |  |"
+
+
+def test_the_stock_column_is_one_verdict_when_the_cases_agree_else_counts_worst_first(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cases = [
+        case("vit_small", **stock("crashes")),
+        case("vit_small", config_id="r0.30-local", **stock("crashes")),
+        case("cspresnet50", **stock("ok")),
+        case("cspresnet50", config_id="r0.30-local", **stock("hangs")),
+        case("cspresnet50", config_id="r0.70-local", **stock("crashes")),
+        case("cspdarknet53", **stock("skips groups")),
+        case("cspdarknet53", config_id="r0.30-local", **stock("crashes")),
+        case("halonet_h1", "xfailed", reason="known failure: hang: prune() does not finish within 60 s on CPU"),
+    ]
+    page = render(capsys, write_report(tmp_path / "r.json", cases, None))
+    assert row_of(page, "vision_transformer").startswith("| vision_transformer | 2 | 2 |  | crashes |")
+    # tprune compare's order, best to worst: ok, skips groups, breaks the forward, crashes, hangs
+    assert row_of(page, "cspnet").startswith("| cspnet | 5 | 5 |  | 1x hangs, 2x crashes, 1x skips groups, 1x ok |")
+    assert row_of(page, "byoanet").startswith("| byoanet | 1 | 0 |  |  |")
+    assert "| family | cases | passed | left whole | stock | known failures (cause) |" in page
+    assert "*stock* is what plain torch-pruning, without the engine's fallbacks, does" in page
 
 
 def test_a_model_with_several_cases_is_named_with_its_config(
@@ -177,7 +206,7 @@ def test_a_model_with_several_cases_is_named_with_its_config(
     assert "1x timeout at 60 s: `vit_huge r0.50-local`" in row_of(page, "vision_transformer")
     assert (
         row_of(page, "(not a timm model)")
-        == "| (not a timm model) | 1 | 0 |  |  | 1x no reason recorded: `mystery_net` |  |"
+        == "| (not a timm model) | 1 | 0 |  |  |  | 1x no reason recorded: `mystery_net` |  |"
     )
     assert "Partial run" not in page
 
@@ -302,7 +331,8 @@ def test_a_crashed_case_and_an_incomplete_run_are_marked(tmp_path: Path, capsys:
     assert "**Incomplete run:** interrupted (KeyboardInterrupt); only the cases that finished are counted." in page
     assert "1 passed, 1 crashed, 1 interrupted." in page
     assert (
-        "| vision_transformer | 2 | 1 |  |  | 1x crashed its worker (signal 11 SIGSEGV): `vit_huge` (gw1) |  |" in page
+        "| vision_transformer | 2 | 1 |  |  |  | 1x crashed its worker (signal 11 SIGSEGV): `vit_huge` (gw1) |  |"
+        in page
     )
     assert "1x interrupted: the run stopped before the case finished: `cspresnet50`" in page
     assert err == (

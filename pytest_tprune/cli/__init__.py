@@ -1,7 +1,7 @@
 """The ``tprune`` command: the seed's command line and the report sub-commands.
 
 ``tprune --model NAME ...`` is :mod:`pytest_tprune.cli.prune`; ``tprune
-compare``, ``merge`` and ``table`` are :mod:`pytest_tprune.cli.commands`. Every
+compare``, ``merge``, ``table`` and ``matrix`` are :mod:`pytest_tprune.cli.commands`. Every
 command shares :mod:`pytest_tprune.cli.base` and the exit codes of
 :mod:`pytest_tprune.errors`.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-SUBCOMMANDS = ("compare", "merge", "table")
+SUBCOMMANDS = ("compare", "merge", "table", "matrix")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -20,7 +20,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args[:1] and args[0] in SUBCOMMANDS:
         from pytest_tprune.cli import commands
 
-        run = {"compare": commands.compare_main, "merge": commands.merge_main, "table": commands.table_main}
+        run = {
+            "compare": commands.compare_main,
+            "merge": commands.merge_main,
+            "table": commands.table_main,
+            "matrix": commands.matrix_main,
+        }
         return run[args[0]](args[1:])
     from pytest_tprune.cli.prune import main as prune_main
 

@@ -1,4 +1,4 @@
-"""The report sub-commands: ``tprune compare``, ``tprune merge`` and ``tprune table``.
+"""The report sub-commands: ``tprune compare``, ``merge``, ``table`` and ``matrix``.
 
 Each parses its arguments, calls :mod:`pytest_tprune.reports`, and turns a
 :class:`~pytest_tprune.reports.schema.ReportError` into one line and exit
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_tprune.cli.base import Parser, emit, fail, parse_or_status
-from pytest_tprune.errors import EXIT_OK
+from pytest_tprune.errors import EXIT_FAILED, EXIT_OK
 from pytest_tprune.reports.compare import DEFAULT_DURATION_FACTOR, FORMATS, MIN_DURATION_DELTA, compare_reports
 from pytest_tprune.reports.fallbacks import DEFAULT_KEPT_TOLERANCE
 from pytest_tprune.reports.schema import ReportError, load_report
@@ -156,3 +156,50 @@ def table_main(argv: Sequence[str], families: Mapping[str, str] | None = None) -
         return fail("tprune table", f"cannot write {args.out}: {err.strerror or err}")
     emit(f"tprune table: {len(document['cases'])} case(s) -> {args.out}\n")
     return EXIT_OK
+
+
+def matrix_parser() -> argparse.ArgumentParser:
+    parser = Parser(
+        prog="tprune matrix",
+        description="Render pytest-tprune JSON run reports of one selection under different library versions "
+        "as a markdown compatibility matrix: a column per report, a row per timm family (exit 1 when a report "
+        "is incomplete, the matrix still rendered; 2 for bad input).",
+    )
+    parser.add_argument("reports", nargs="+", metavar="REPORT.json", help="one run report per library set")
+    parser.add_argument("--output", "--out", metavar="PATH", help="write the page here (atomically) instead of stdout")
+    parser.add_argument("--title", metavar="TEXT", help="the page's heading (default: Compatibility matrix)")
+    return parser
+
+
+def matrix_main(argv: Sequence[str], families: Mapping[str, str] | None = None) -> int:
+    """``tprune matrix REPORT.json... [--output F] [--title T]``.
+
+    0 rendered; 1 rendered, but a report is incomplete (a line on stderr names
+    it: its column lacks the cases that did not finish); 2 bad input or an
+    unwritable page, which is then left as it was.
+    """
+    from pytest_tprune.reports.atomic import write_text_atomic
+    from pytest_tprune.reports.matrix import incomplete_warnings, models, render_matrix
+
+    args = parse_or_status(matrix_parser(), argv)
+    if isinstance(args, int):
+        return args
+    try:
+        reports = [load_report(path) for path in args.reports]
+        if families is None:
+            from pytest_tprune.engine.zoo import family_of
+
+            families = family_of(models(reports))
+        text = render_matrix(reports, families, args.title, args.output)
+    except ReportError as err:
+        return fail("tprune matrix", str(err))
+    if args.output is not None:
+        try:
+            write_text_atomic(Path(args.output), text)
+        except OSError as err:
+            return fail("tprune matrix", f"cannot write {args.output}: {err.strerror or err}; choose another --output")
+    warnings = incomplete_warnings(reports)
+    for line in warnings:
+        print(f"tprune matrix: warning: {line}", file=sys.stderr)
+    emit(text if args.output is None else f"tprune matrix: {len(reports)} report(s) -> {args.output}\n")
+    return EXIT_FAILED if warnings else EXIT_OK

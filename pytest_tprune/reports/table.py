@@ -6,7 +6,8 @@ A report lists cases; what a user reads is "does my model's family prune
 today, and if not, why?". This merges the reports of one run (the shards of a
 zoo run, checked as ``tprune merge`` checks them), then renders a markdown
 page: when and with which libraries the run was made, the totals by outcome
-and by cause, and one row per family naming the models behind every cause.
+and by cause, and one row per family naming the models behind every cause and
+what stock torch-pruning (without the engine's fallbacks) does with them.
 
 Causes are grouped by kind rather than by message. A report's reasons are
 free text that names the model ("pruning vit_huge... ran past the per-case
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pytest_tprune.reports.schema import Case
+from pytest_tprune.reports.schema import STOCK_VERDICTS, Case
 
 NOT_TIMM = "(not a timm model)"
 KNOWN_PREFIX = "known failure: "
@@ -188,15 +189,48 @@ def left_whole_cell(rows: list[Case]) -> str:
     return f"{whole} / {total}" if whole else ""
 
 
+def stock_counts(rows: list[Case]) -> Counter[str]:
+    """How many of ``rows`` got each stock torch-pruning verdict; cases without one (a timeout) are not counted."""
+    found = (r.get("stock") for r in rows)
+    return Counter(str(stock["verdict"]) for stock in found if isinstance(stock, dict) and stock.get("verdict"))
+
+
+def stock_rank(verdict: str) -> int:
+    """A verdict's place from best to worst, as ``tprune compare`` ranks them (an unknown one ranks worst)."""
+    return STOCK_VERDICTS.index(verdict) if verdict in STOCK_VERDICTS else len(STOCK_VERDICTS)
+
+
+def worst_stock(counts: Counter[str]) -> str | None:
+    """The worst verdict among ``counts``: the one an upgrade guard cares about; None when there is none."""
+    return max(counts, key=lambda verdict: (stock_rank(verdict), verdict)) if counts else None
+
+
+def stock_cell(rows: list[Case]) -> str:
+    """The family's stock verdict: one word when its cases agree, else ``Nx verdict`` per verdict, worst first.
+
+    Counts rather than only the worst, because a family where one case of
+    twenty crashes stock torch-pruning reads differently from one where all do.
+    """
+    counts = stock_counts(rows)
+    if len(counts) <= 1:
+        return next(iter(counts), "")
+    ranked = sorted(counts, key=lambda verdict: (-stock_rank(verdict), verdict))
+    return ", ".join(f"{counts[verdict]}x {verdict}" for verdict in ranked)
+
+
 def family_rows(grouped: dict[str, list[Case]], names: Mapping[str, str]) -> list[str]:
     lines = [
-        "| family | cases | passed | left whole | known failures (cause) | failed (cause) | skipped (reason) |",
-        "|---|---:|---:|---:|---|---|---|",
+        "| family | cases | passed | left whole | stock | known failures (cause) | failed (cause) | skipped (reason) |",
+        "|---|---:|---:|---:|---|---|---|---|",
     ]
     for family, rows in grouped.items():
         passed = sum(r["outcome"] == "passed" for r in rows)
         cells = [cause_cell(rows, column, names) for column in ("known", "failed", "skipped")]
-        lines.append(f"| {family} | {len(rows)} | {passed} | {left_whole_cell(rows)} | " + " | ".join(cells) + " |")
+        lines.append(
+            f"| {family} | {len(rows)} | {passed} | {left_whole_cell(rows)} | {stock_cell(rows)} | "
+            + " | ".join(cells)
+            + " |"
+        )
     return lines
 
 
@@ -260,7 +294,9 @@ def render(
         "A known failure (`xfailed`) is strict: its cause is in `pytest_tprune/known.py`. A pass may leave whole the "
         "groups torch-pruning cannot prune consistently, or whose pruning breaks a module's forward "
         "(`pytest_tprune/left_whole.py`): *left whole* counts them, as left whole / all groups, over the family's "
-        "passing cases.",
+        "passing cases. *stock* is what plain torch-pruning, without the engine's fallbacks, does with the family's "
+        "cases (`ok`, `skips groups`, `breaks the forward`, `crashes`, `hangs`): one verdict when they agree, else "
+        "how many cases got each, the worst first; blank when no case has one (a timeout).",
         "",
         *family_rows(grouped, case_names(cases)),
     ]

@@ -119,6 +119,17 @@ def _in_float64(model: nn.Module) -> Iterator[None]:
             t.data = t.data.to(dtype)
 
 
+@contextmanager
+def _unfused(model: nn.Module, unfuse: bool) -> Iterator[None]:
+    """``model`` with timm's attention on its manual path for the duration (when ``unfuse``), then as it was."""
+    switched = unfuse_attention(model) if unfuse else []
+    try:
+        yield
+    finally:
+        for name in switched:
+            setattr(model.get_submodule(name), "fused_attn", True)  # noqa: B010 - see unfuse_attention
+
+
 def _soft_error(hard: nn.Module, soft: nn.Module, inputs: torch.Tensor) -> float:
     """``max|hard - soft| / (1 + max|soft|)`` in float64; infinite when shapes differ or values are not finite."""
     import torch
@@ -157,26 +168,38 @@ def equivalence_report(
     a blocked group: timm's ``AttentionPoolLatent`` reshapes its attention
     output to the width of its input, so its head dims can only be pruned with
     the embedding dim). ``unfuse`` turns timm's fused attention off on both
-    models (see :func:`unfuse_attention`); ``include_blocked`` prunes blocked
+    models before they are compared (see :func:`unfuse_attention`), after the
+    prune: the trace is of the model as given, so the groups checked are the
+    ones the case's own prune has, and a model the case has traced is traced
+    again at the cost of a cached walk (:mod:`pytest_tprune.engine.tp_internals.walk`);
+    ``include_blocked`` prunes blocked
     groups too, to show that a blocker really breaks equivalence; ``only``
     restricts the check to the groups it accepts; ``baseline`` is the
     measurement of ``model`` from an earlier call (``report.recorded.baseline``),
     so a model checked under several configs is measured once.
     """
-    base = copy.deepcopy(model).eval()
-    if unfuse:
-        unfuse_attention(base)
+    base = model.eval()  # every prune below and the soft copy are deep copies: ``model`` is not modified
     batch = spec.make_inputs(2, seed) if inputs is None else inputs
     excluded: dict[tuple[str, str], str] = {}
     measured: list[Baseline | None] = [baseline]  # the unpruned model is measured once, for every prune below
 
     def prune_where(select: Callable[[GroupTrace], bool]) -> RecordedPrune:
-        recorded = record_prune(spec, lambda: copy.deepcopy(base), config, seed, select=select, baseline=measured[0])
+        recorded = record_prune(
+            spec,
+            lambda: copy.deepcopy(base),
+            config,
+            seed,
+            select=select,
+            baseline=measured[0],
+            compared_unfused=unfuse,
+        )
         measured[0] = recorded.baseline
         return recorded
 
     def error_of(recorded: RecordedPrune) -> float:
-        return _soft_error(recorded.model, soft_prune(base, recorded.groups), batch)
+        soft = soft_prune(base, recorded.groups)
+        with _unfused(recorded.model, unfuse), _unfused(soft, unfuse):
+            return _soft_error(recorded.model, soft, batch)
 
     def wanted(group: GroupTrace) -> bool:
         chosen = only is None or only(group)
@@ -189,7 +212,8 @@ def equivalence_report(
         for key in dict.fromkeys(g.key for g in recorded.groups):
             alone = prune_where(lambda group, key=key: group.key == key)  # type: ignore[misc]
             try:
-                eval_output(alone.model, batch)
+                with _unfused(alone.model, unfuse):
+                    eval_output(alone.model, batch)
             except Exception as exc:
                 excluded[key] = f"pruned alone, the forward fails: {type(exc).__name__}: {str(exc).splitlines()[0]}"
         recorded = prune_where(wanted)

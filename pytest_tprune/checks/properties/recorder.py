@@ -150,6 +150,7 @@ def record_prune(
     select: Callable[[GroupTrace], bool] | None = None,
     baseline: Baseline | None = None,
     device: str = "cpu",
+    compared_unfused: bool = False,
 ) -> RecordedPrune:
     """Prune ``model`` with the engine (:func:`pytest_tprune.engine.pruning.prune`), recording every group.
 
@@ -166,11 +167,12 @@ def record_prune(
     single groups are checked in isolation. ``model`` is pruned in place first,
     then copies of it (taken now), or it is a function returning fresh copies;
     ``baseline`` skips re-measuring the unpruned model when pruning it again;
-    the prune runs on ``device``.
+    the prune runs on ``device``; ``compared_unfused`` says the pruned model
+    will be compared with attention unfused, so fused attention is no blocker.
     """
     from pytest_tprune.engine.pruning import prune
 
-    recorder = _Recorder(config, select)
+    recorder = _Recorder(config, select, compared_unfused)
     pruned = prune(spec, config, device, seed, model=model, baseline=baseline, observe=recorder.attach)
     attempt = recorder.last
     return RecordedPrune(
@@ -189,13 +191,17 @@ def record_prune(
 class _Recorder:
     """The engine's observer: a fresh :class:`_AttemptTrace` for every attempt; the last one stood."""
 
-    def __init__(self, config: PruneConfig, select: Callable[[GroupTrace], bool] | None) -> None:
+    def __init__(
+        self, config: PruneConfig, select: Callable[[GroupTrace], bool] | None, compared_unfused: bool
+    ) -> None:
         self.config = config
         self.select = select
+        self.compared_unfused = compared_unfused
         self._last: _AttemptTrace | None = None
 
     def attach(self, model: nn.Module, pruner: Any) -> GroupHook:
-        self._last = _AttemptTrace(model, pruner, reference_importance(self.config.importance), self.select)
+        criterion = reference_importance(self.config.importance)
+        self._last = _AttemptTrace(model, pruner, criterion, self.select, self.compared_unfused)
         return self._last.on_group
 
     @property
@@ -209,9 +215,15 @@ class _AttemptTrace:
     """What one attempt of the engine ranked, refused and yielded."""
 
     def __init__(
-        self, model: nn.Module, pruner: Any, criterion: Any | None, select: Callable[[GroupTrace], bool] | None
+        self,
+        model: nn.Module,
+        pruner: Any,
+        criterion: Any | None,
+        select: Callable[[GroupTrace], bool] | None,
+        compared_unfused: bool = False,
     ) -> None:
         self.model = model
+        self.compared_unfused = compared_unfused
         self.graph = pruner.DG
         self.criterion = criterion
         self.select = select
@@ -249,7 +261,9 @@ class _AttemptTrace:
 
     def on_group(self, pruner: Any, group: Any, step: int) -> bool:
         ranked = self.ranked.pop(root_key(self.graph, group), None)  # a ranking is used by the yield it led to
-        trace = _trace_group(self.model, self.graph, pruner, group, step, ranked, self.heads, self.depthwise)
+        trace = _trace_group(
+            self.model, self.graph, pruner, group, step, ranked, self.heads, self.depthwise, self.compared_unfused
+        )
         if self.select is not None and not self.select(trace):
             trace.pruned = False
             for member in trace.members:
@@ -277,6 +291,7 @@ def _trace_group(
     ranked: tuple[torch.Tensor, int] | None,
     heads: set[Any],
     depthwise: set[int],
+    compared_unfused: bool = False,
 ) -> GroupTrace:
     from torch import nn
 
@@ -314,9 +329,8 @@ def _trace_group(
             rule_name, axis, dim = "", direction, 0
         else:
             rule_name, axis, dim = rule
-        trace.blockers += [
-            f"{name}: {b}" for b in blockers(target, owner, direction, axis, target in heads) if b not in trace.blockers
-        ]
+        found = blockers(target, owner, direction, axis, target in heads, compared_unfused)
+        trace.blockers += [f"{name}: {b}" for b in found if b not in trace.blockers]
         idxs = sorted({int(i) for i in item.idxs})
         key = (name, axis)
         if key in members:  # the same tensor dimension reached twice (e.g. depthwise in and out)

@@ -71,8 +71,14 @@ def member_rule(
     return f"no soft-pruning rule for {type(target).__name__}"
 
 
-def blockers(target: Any, owner: Any, direction: str, axis: str, is_head_projection: bool) -> list[str]:
-    """Why soft pruning of this member would not be equivalent to removing its channels."""
+def blockers(
+    target: Any, owner: Any, direction: str, axis: str, is_head_projection: bool, compared_unfused: bool = False
+) -> list[str]:
+    """Why soft pruning of this member would not be equivalent to removing its channels.
+
+    ``compared_unfused``: the comparison runs with timm's attention on its manual path
+    (:func:`~pytest_tprune.checks.properties.unfuse_attention`), so fused attention blocks nothing.
+    """
     from torch import nn
 
     found = []
@@ -86,7 +92,8 @@ def blockers(target: Any, owner: Any, direction: str, axis: str, is_head_project
             f"{type(owner).__name__} reshapes its attention output to its input width: "
             "its head dims are only valid pruned together with the embedding dim"
         )
-    if is_head_projection and direction == "out" and getattr(owner, "fused_attn", False) is True:
+    fused = not compared_unfused and getattr(owner, "fused_attn", False) is True
+    if is_head_projection and direction == "out" and fused:
         found.append(
             f"fused attention in {type(owner).__name__}: scaled_dot_product_attention scales by "
             "1/sqrt(pruned head_dim) and ignores the kept `scale`"

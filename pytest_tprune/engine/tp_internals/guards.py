@@ -76,6 +76,10 @@ class Probed:
     found: dict[str, Any]
     missing: dict[str, str]
 
+    def states(self) -> tuple[str, ...]:
+        """The guards that are on, as a hashable value (walks are cached per set of active guards)."""
+        return tuple(sorted(self.found))
+
 
 def probe_index_mappings(tp: Any) -> MappingUpdates:
     """The per-operation updates :func:`tolerant_index_mappings` wraps, checked to be the ones the refresh calls."""

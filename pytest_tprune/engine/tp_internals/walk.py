@@ -165,6 +165,13 @@ def _bounded_graph_class(base: Any) -> type:
             known = self.tprune_cyclic.get(module) if self.is_out_channel_pruning_fn(pruning_fn) else None
             if known is not None:
                 return _marked_root_group(self, module, pruning_fn, idxs, known)
+            key = ABANDONED.key(self, module, pruning_fn, idxs)
+            remembered = ABANDONED.get(key)
+            targets = None if remembered is None else ABANDONED.modules(self, remembered[1])
+            if remembered is not None and targets is not None:  # the same walk, abandoned before: its outcome
+                for target in targets:
+                    self.tprune_cyclic.setdefault(target, remembered[0])
+                return _marked_root_group(self, module, pruning_fn, idxs, remembered[0])
             _start_walk(self, idxs)
             try:
                 with tolerant_index_mappings():
@@ -172,9 +179,12 @@ def _bounded_graph_class(base: Any) -> type:
             except (TraversalCycle, IndexError, ZeroDivisionError) as exc:
                 explained = isinstance(exc, (TraversalCycle, UnmappableIndices))
                 reason = str(exc) if explained else f"index mapping raised {one_line(exc)}"
-                for dep in self.tprune_walk_reached:
-                    if self.is_out_channel_pruning_fn(dep.handler):
-                        self.tprune_cyclic.setdefault(dep.target.module, reason)
+                reached = [
+                    d.target.module for d in self.tprune_walk_reached if self.is_out_channel_pruning_fn(d.handler)
+                ]
+                for target in reached:
+                    self.tprune_cyclic.setdefault(target, reason)
+                ABANDONED.remember(key, self, reason, reached)
                 return _marked_root_group(self, module, pruning_fn, idxs, reason)
             finally:
                 self.tprune_walk_reached = []
@@ -186,6 +196,122 @@ def _bounded_graph_class(base: Any) -> type:
 
     BoundedGraph.__name__ = BoundedGraph.__qualname__ = f"Bounded{base.__name__}"
     return BoundedGraph
+
+
+class AbandonedWalks:
+    """The outcome of every abandoned walk of this process, replayed when the same walk comes again.
+
+    Why: an abandoned walk is the most expensive thing the engine does (it runs
+    to its budget: 1 to 3 s each on ``visformer_tiny``, ``efficientvit_m0``,
+    ``efficientformerv2_s0``), and the same walks come again for every graph
+    of the same model: each pruner constructor enumerates every group, a retry
+    after a broken forward traces again, the equivalence check prunes a copy,
+    and the grid has four configs per model. A walk is a function of the graph
+    (its nodes, edges, handlers and index mappings), the current widths of its
+    layers, the guards, the root, the pruning function and the indices; the
+    key holds all of these, so a replayed walk marks the same layers cyclic,
+    with the same reason, as walking it would. A key that cannot be formed
+    (or any difference) is a miss, never a wrong hit: the walk then runs.
+    """
+
+    LIMIT = 4096
+
+    def __init__(self) -> None:
+        self._outcomes: dict[tuple[Any, ...], tuple[str, tuple[str, ...]]] = {}
+        self.enabled = True
+        self.hits = 0
+
+    def key(self, graph: Any, module: Any, pruning_fn: Any, idxs: Any) -> tuple[Any, ...] | None:
+        """The walk's identity, or None when it is not cached (caching off, or the graph is not readable)."""
+        if not self.enabled:
+            return None
+        try:
+            names = _node_names(graph)
+            widths = hash(tuple(tuple(p.shape) for p in graph.model.parameters()))
+            root = names[id(module)]
+            indices = tuple(int(i) for i in idxs) if hasattr(idxs, "__iter__") else (int(idxs),)
+        except (AttributeError, KeyError, TypeError, ValueError):
+            return None
+        handler = getattr(pruning_fn, "__qualname__", repr(pruning_fn))
+        return (_graph_signature(graph), widths, probed().states(), root, handler, indices)
+
+    def get(self, key: tuple[Any, ...] | None) -> tuple[str, tuple[str, ...]] | None:
+        found = None if key is None else self._outcomes.get(key)
+        self.hits += found is not None
+        return found
+
+    def remember(self, key: tuple[Any, ...] | None, graph: Any, reason: str, reached: list[Any]) -> None:
+        if key is None:
+            return
+        names = _node_names(graph)
+        if any(id(m) not in names for m in reached):  # a layer outside the graph's nodes: not replayable
+            return
+        if len(self._outcomes) >= self.LIMIT:
+            self._outcomes.pop(next(iter(self._outcomes)))
+        self._outcomes[key] = (reason, tuple(names[id(m)] for m in reached))
+
+    @staticmethod
+    def modules(graph: Any, reached: tuple[str, ...]) -> list[Any] | None:
+        """The graph's nodes of these names; None when one is missing (then the walk runs)."""
+        by_name = {name: m for m, name in zip(graph.module2node, _node_names(graph).values(), strict=True)}
+        found = [by_name.get(name) for name in reached]
+        return None if any(m is None for m in found) else found
+
+    def clear(self) -> None:
+        self._outcomes.clear()
+        self.hits = 0
+
+
+ABANDONED = AbandonedWalks()
+"""This process's abandoned walks (:class:`AbandonedWalks`); ``ABANDONED.enabled = False`` walks every time."""
+
+
+def _node_names(graph: Any) -> dict[int, str]:
+    """A name for each node of the graph that is the same in every trace of the same model, by id, in node order.
+
+    A layer's or parameter's qualified name in the model; an operation's node name (numbered in trace
+    order). Not torch-pruning's names for unwrapped parameters: those are numbered in set order, which
+    changes from one trace to the next.
+    """
+    cached = graph.__dict__.get("tprune_node_names")
+    names: dict[int, str] | None = cached[1] if cached is not None and cached[0] is graph.module2node else None
+    if names is None:  # first use, or the pruner rebuilt the graph's nodes (isomorphic pruning's steps)
+        qualified = {id(p): n for n, p in graph.model.named_parameters(remove_duplicate=False)}
+        qualified.update({id(m): n for n, m in graph.model.named_modules(remove_duplicate=False)})
+        names = {id(m): qualified.get(id(m), f"op:{node.name}") for m, node in graph.module2node.items()}
+        graph.tprune_node_names = (graph.module2node, names)
+        graph.__dict__.pop("tprune_signature", None)
+    return names
+
+
+def _graph_signature(graph: Any) -> int:
+    """A hash of everything a walk reads from the graph besides widths: nodes, edges (in their order), handlers,
+    mappings. Nodes are taken in name order: their order in the graph varies with unwrapped parameters'."""
+    names = _node_names(graph)  # first: it drops the signature of nodes the pruner has rebuilt
+    signature: int | None = graph.__dict__.get("tprune_signature")
+    if signature is None:
+        rows = []
+        for module, node in graph.module2node.items():
+            edges = tuple(
+                (
+                    names[id(dep.target.module)],
+                    getattr(dep.trigger, "__qualname__", repr(dep.trigger)),
+                    getattr(dep.handler, "__qualname__", repr(dep.handler)),
+                    tuple(_mapping_signature(m) for m in list.__iter__(dep.index_mapping)),
+                )
+                for dep in node.dependencies
+            )
+            rows.append((names[id(module)], type(module).__qualname__, edges))
+        signature = hash(tuple(sorted(rows)))
+        graph.tprune_signature = signature
+    return signature
+
+
+def _mapping_signature(mapping: Any) -> Any:
+    if mapping is None:
+        return None
+    fields = sorted((k, repr(v)) for k, v in vars(mapping).items()) if hasattr(mapping, "__dict__") else repr(mapping)
+    return (type(mapping).__qualname__, tuple(fields))
 
 
 def _marked_root_group(graph: Any, module: Any, pruning_fn: Any, idxs: Any, reason: str) -> Any:

@@ -1,0 +1,112 @@
+"""The abandoned-walk cache (:class:`pytest_tprune.engine.tp_internals.walk.AbandonedWalks`) changes nothing.
+
+A walk the engine abandons at its budget is replayed, not walked again, when
+the same walk comes back on a graph of the same model (another config, a retry,
+the equivalence check's copy). These tests pin that a replay gives exactly what
+walking gives, on every grid model, and that the key's graph signature is what
+keeps a different graph from replaying another's walk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+
+from pytest_tprune.checks.golden import golden_content  # noqa: E402
+from pytest_tprune.engine.config import PruneConfig  # noqa: E402
+from pytest_tprune.engine.models import ModelSpec, timm_spec  # noqa: E402
+from pytest_tprune.engine.pruning import prune  # noqa: E402
+from pytest_tprune.engine.tp_internals import walk  # noqa: E402
+
+GRID_MODELS = ("test_byobnet", "test_coatnet", "test_convnext", "test_efficientnet", "test_maxvit", "test_mambaout",
+               "test_nfnet", "test_resnet", "test_vit", "test_vit2", "test_vit3", "test_vit4", "test_vit_relpos",
+               "test_convnext2", "test_convnext3", "test_efficientnet_evos", "test_efficientnet_gn",
+               "test_efficientnet_ln")  # fmt: skip
+
+
+@pytest.fixture
+def cache() -> Iterator[walk.AbandonedWalks]:
+    """The process's cache, emptied before and after (other tests' walks must not leak in or out)."""
+    walk.ABANDONED.clear()
+    yield walk.ABANDONED
+    walk.ABANDONED.enabled = True
+    walk.ABANDONED.clear()
+
+
+def _golden(spec: ModelSpec, config: PruneConfig) -> dict[str, Any]:
+    return golden_content(prune(spec, config, device="cpu").outcome, {})
+
+
+@pytest.mark.parametrize("model", GRID_MODELS)
+def test_replayed_walks_give_the_golden_of_walked_ones(model: str, cache: walk.AbandonedWalks) -> None:
+    spec, config = timm_spec(model), PruneConfig(ratio=0.5)
+    cache.enabled = False
+    walked = _golden(spec, config)
+    cache.enabled = True
+    first = _golden(spec, config)  # fills the cache (and replays walks repeated within the prune)
+    hits = cache.hits
+    replayed = _golden(spec, config)
+    assert first == walked
+    assert replayed == walked
+    assert cache.hits >= 2 * hits  # the second prune replayed at least what the first did
+
+
+class _SliceResidual(nn.Module):
+    """ReXNet's block: the output is wider than the input and the residual joins its first channels."""
+
+    def __init__(self, cin: int, cout: int, residual: bool = True) -> None:
+        super().__init__()
+        self.cin = cin
+        self.residual = residual
+        self.conv = nn.Conv2d(cin, cout, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return torch.cat([y[:, : self.cin] + x, y[:, self.cin :]], dim=1) if self.residual else y
+
+
+class _Net(nn.Module):
+    """A stem and three slice-residual blocks (torch-pruning's walk from the stem cycles) or, without the
+    residuals, the same layers, names and widths as a plain chain whose walks close."""
+
+    def __init__(self, residual: bool) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        widths = [(16, 20), (20, 24), (24, 28)]
+        self.blocks = nn.Sequential(*(_SliceResidual(a, b, residual) for a, b in widths))
+        self.mid = nn.Conv2d(28, 64, 1)
+        self.head = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.mid(self.blocks(self.stem(x)))).mean((2, 3)))
+
+
+def _cyclic_roots(residual: bool) -> list[str]:
+    spec = ModelSpec(f"net_{residual}", lambda: _Net(residual), (3, 16, 16), ignored_layers=lambda m: [m.head])
+    outcome = prune(spec, PruneConfig(ratio=0.5), device="cpu").outcome
+    return sorted(lw.root for lw in outcome.left_whole if "mapping cycle" in lw.reason)
+
+
+def test_a_graph_of_the_same_names_and_widths_but_other_edges_walks_again(cache: walk.AbandonedWalks) -> None:
+    assert _cyclic_roots(residual=True)
+    assert cache._outcomes  # the cyclic walks were remembered
+    before = cache.hits
+    assert _cyclic_roots(residual=False) == []  # the plain chain is walked, not replayed
+    assert cache.hits == before
+
+
+def test_without_the_graph_signature_the_other_graph_would_replay_the_cyclic_walks(
+    cache: walk.AbandonedWalks, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Break the key (drop the graph's edges from it): the plain chain then hits the cyclic model's walks
+    (a replay naming a node the chain lacks is still refused). The signature is what keeps them apart."""
+    monkeypatch.setattr(walk, "_graph_signature", lambda graph: 0)
+    assert _cyclic_roots(residual=True)
+    before = cache.hits
+    _cyclic_roots(residual=False)
+    assert cache.hits > before
