@@ -95,9 +95,9 @@ def _cyclic_roots(residual: bool) -> list[str]:
 def test_a_graph_of_the_same_names_and_widths_but_other_edges_walks_again(cache: walk.AbandonedWalks) -> None:
     assert _cyclic_roots(residual=True)
     assert cache._outcomes  # the cyclic walks were remembered
-    before = cache.hits
+    before = cache.matches
     assert _cyclic_roots(residual=False) == []  # the plain chain is walked, not replayed
-    assert cache.hits == before
+    assert cache.matches == before
 
 
 def test_without_the_graph_signature_the_other_graph_would_replay_the_cyclic_walks(
@@ -107,6 +107,6 @@ def test_without_the_graph_signature_the_other_graph_would_replay_the_cyclic_wal
     (a replay naming a node the chain lacks is still refused). The signature is what keeps them apart."""
     monkeypatch.setattr(walk, "_graph_signature", lambda graph: 0)
     assert _cyclic_roots(residual=True)
-    before = cache.hits
+    before = cache.matches
     _cyclic_roots(residual=False)
-    assert cache.hits > before
+    assert cache.matches > before

@@ -44,7 +44,7 @@ def perturb(model: nn.Module, seed: int, scale: float = PERTURB_SCALE, floor: fl
 
     generator = torch.Generator().manual_seed(seed)
     tensors: list[tuple[str, torch.Tensor]] = list(model.named_parameters())
-    tensors += [(name, b) for name, b in _persistent_buffers(model) if b.is_floating_point()]
+    tensors += _persistent_buffers(model)
     tensors = [(name, t) for name, t in tensors if t.is_floating_point() and t.numel() > 0]
     if not tensors:
         return model

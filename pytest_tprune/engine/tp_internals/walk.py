@@ -165,13 +165,12 @@ def _bounded_graph_class(base: Any) -> type:
             known = self.tprune_cyclic.get(module) if self.is_out_channel_pruning_fn(pruning_fn) else None
             if known is not None:
                 return _marked_root_group(self, module, pruning_fn, idxs, known)
-            key = ABANDONED.key(self, module, pruning_fn, idxs)
-            remembered = ABANDONED.get(key)
-            targets = None if remembered is None else ABANDONED.modules(self, remembered[1])
-            if remembered is not None and targets is not None:  # the same walk, abandoned before: its outcome
+            replay = ABANDONED.replay(self, module, pruning_fn, idxs)
+            if replay is not None:  # the same walk, abandoned before: its outcome
+                reason, targets = replay
                 for target in targets:
-                    self.tprune_cyclic.setdefault(target, remembered[0])
-                return _marked_root_group(self, module, pruning_fn, idxs, remembered[0])
+                    self.tprune_cyclic.setdefault(target, reason)
+                return _marked_root_group(self, module, pruning_fn, idxs, reason)
             _start_walk(self, idxs)
             try:
                 with tolerant_index_mappings():
@@ -184,7 +183,7 @@ def _bounded_graph_class(base: Any) -> type:
                 ]
                 for target in reached:
                     self.tprune_cyclic.setdefault(target, reason)
-                ABANDONED.remember(key, self, reason, reached)
+                ABANDONED.remember(self, module, pruning_fn, idxs, reason, reached)
                 return _marked_root_group(self, module, pruning_fn, idxs, reason)
             finally:
                 self.tprune_walk_reached = []
@@ -218,37 +217,59 @@ class AbandonedWalks:
 
     def __init__(self) -> None:
         self._outcomes: dict[tuple[Any, ...], tuple[str, tuple[str, ...]]] = {}
+        self._roots: set[tuple[Any, ...]] = set()  # (graph, root, handler) of every outcome: most walks need no key
         self.enabled = True
-        self.hits = 0
+        self.matches = 0  # look-ups that found an outcome under their key
+        self.hits = 0  # of those, the ones replayed (every node they name is in the graph)
 
-    def key(self, graph: Any, module: Any, pruning_fn: Any, idxs: Any) -> tuple[Any, ...] | None:
-        """The walk's identity, or None when it is not cached (caching off, or the graph is not readable)."""
-        if not self.enabled:
-            return None
-        try:
-            names = _node_names(graph)
-            widths = hash(tuple(tuple(p.shape) for p in graph.model.parameters()))
-            root = names[id(module)]
-            indices = tuple(int(i) for i in idxs) if hasattr(idxs, "__iter__") else (int(idxs),)
-        except (AttributeError, KeyError, TypeError, ValueError):
-            return None
-        handler = getattr(pruning_fn, "__qualname__", repr(pruning_fn))
-        return (_graph_signature(graph), widths, probed().states(), root, handler, indices)
+    def replay(self, graph: Any, module: Any, pruning_fn: Any, idxs: Any) -> tuple[str, list[Any]] | None:
+        """The reason and the layers an earlier identical walk marked cyclic, or None (then the walk runs).
 
-    def get(self, key: tuple[Any, ...] | None) -> tuple[str, tuple[str, ...]] | None:
+        The full key (every width, every index) is formed only for a root that has an outcome on this graph,
+        so the sound walks, nearly all of them, pay for a dictionary look-up."""
+        root = self._root(graph, module, pruning_fn)
+        key = self._key(graph, root, idxs) if root in self._roots else None
         found = None if key is None else self._outcomes.get(key)
-        self.hits += found is not None
-        return found
+        self.matches += found is not None
+        targets = None if found is None else self.modules(graph, found[1])
+        if found is None or targets is None:
+            return None
+        self.hits += 1
+        return found[0], targets
 
-    def remember(self, key: tuple[Any, ...] | None, graph: Any, reason: str, reached: list[Any]) -> None:
-        if key is None:
-            return
-        names = _node_names(graph)
-        if any(id(m) not in names for m in reached):  # a layer outside the graph's nodes: not replayable
+    def remember(self, graph: Any, module: Any, pruning_fn: Any, idxs: Any, reason: str, reached: list[Any]) -> None:
+        """Keep an abandoned walk's outcome (a walk changes no width, so the key is the one it started with)."""
+        root = self._root(graph, module, pruning_fn)
+        key = self._key(graph, root, idxs)
+        names = _node_names(graph) if key is not None else {}
+        if key is None or any(id(m) not in names for m in reached):  # a layer outside the graph's nodes
             return
         if len(self._outcomes) >= self.LIMIT:
             self._outcomes.pop(next(iter(self._outcomes)))
         self._outcomes[key] = (reason, tuple(names[id(m)] for m in reached))
+        self._roots.add(key[:3])
+
+    def _root(self, graph: Any, module: Any, pruning_fn: Any) -> tuple[Any, ...] | None:
+        """(graph signature, root name, pruning function): which walks may have an outcome; None when not cached."""
+        if not self.enabled:
+            return None
+        try:
+            root = _node_names(graph)[id(module)]
+        except (AttributeError, KeyError, TypeError):
+            return None
+        return (_graph_signature(graph), root, getattr(pruning_fn, "__qualname__", repr(pruning_fn)))
+
+    @staticmethod
+    def _key(graph: Any, root: tuple[Any, ...] | None, idxs: Any) -> tuple[Any, ...] | None:
+        """The walk's identity: its root, the current widths of every layer, the guards and the indices."""
+        if root is None:
+            return None
+        try:
+            widths = hash(tuple(tuple(p.shape) for p in graph.model.parameters()))
+            indices = tuple(int(i) for i in idxs) if hasattr(idxs, "__iter__") else (int(idxs),)
+        except (AttributeError, TypeError, ValueError):
+            return None
+        return (*root, widths, probed().states(), indices)
 
     @staticmethod
     def modules(graph: Any, reached: tuple[str, ...]) -> list[Any] | None:
@@ -259,7 +280,8 @@ class AbandonedWalks:
 
     def clear(self) -> None:
         self._outcomes.clear()
-        self.hits = 0
+        self._roots.clear()
+        self.matches = self.hits = 0
 
 
 ABANDONED = AbandonedWalks()
