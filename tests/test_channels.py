@@ -121,3 +121,61 @@ def test_the_default_checks_fail_the_committed_case_when_a_consumer_drops_the_wr
     result.stdout.re_match_lines(
         [r".*\[equivalence\] equivalence: group [\w.]+ \(out-channels\): pruned output differs.*"]
     )
+
+
+def _cached_positions_spec() -> Any:
+    """A conv stem plus a position term computed from a tensor the module keeps as a plain attribute and
+    rebuilds in the default dtype when stale, as timm 1.0.20's ConViT keeps ``rel_indices``: neither parameter
+    nor buffer, so ``Module.double()`` misses it, and a fresh copy rebuilds it in float32."""
+    from torch import nn
+
+    from pytest_tprune.engine.models import ModelSpec
+
+    class CachedPositions(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Conv2d(3, 8, 3, padding=1)
+            self.pos_proj = nn.Linear(3, 8)
+            self.grid_proj = nn.Linear(3, 8)
+            self.rel = torch.zeros(1, 1)  # a plain float32 attribute, rebuilt when stale
+            self.head = nn.Linear(8, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if self.rel.shape[1] != 3:
+                self.rel = torch.linspace(0, 1, 3).view(1, 3)
+            grid = torch.linspace(-1, 1, 3).view(1, 3)  # made by every forward, in the default dtype
+            position = self.pos_proj(self.rel) + self.grid_proj(grid)
+            return self.head(torch.relu(self.stem(x) + position.view(1, -1, 1, 1)).mean((2, 3)))
+
+    return ModelSpec("cached_positions", CachedPositions, (3, 8, 8), ignored_layers=lambda m: [m.head])
+
+
+torch = pytest.importorskip("torch")
+
+
+def test_a_plain_tensor_attribute_is_compared_in_float64_too() -> None:
+    """The float64 comparison converts every floating tensor of the module, not only parameters and
+    buffers, and runs with float64 as the default dtype; before, such a model failed as a bare RuntimeError
+    (mat1 and mat2 dtypes) from the check."""
+    checked = TpruneCase(_cached_positions_spec(), PruneConfig(0.5), CaseSettings(checks=("equivalence",)))
+    checked.check_all()
+    assert checked.channels is not None and checked.channels.summary()["groups_checked"] > 0
+    assert checked.pruned.model.rel.dtype == torch.float32  # restored as it was
+    assert torch.get_default_dtype() == torch.float32
+
+
+def test_a_check_that_raises_fails_under_its_name_saying_it_could_not_judge(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pytest_tprune.checks.properties import equivalence
+
+    def broken(*args: Any, **kwargs: Any) -> float:
+        raise RuntimeError("mat1 and mat2 must have the same dtype")
+
+    monkeypatch.setattr(equivalence, "_soft_error", broken)
+    checked = TpruneCase(_cached_positions_spec(), PruneConfig(0.5), CaseSettings(checks=("equivalence",)))
+    with pytest.raises(
+        CheckFailed,
+        match=r"\[equivalence\] the equivalence check could not judge the pruned model: "
+        r"RuntimeError: mat1 and mat2 must have the same dtype at \S+test_channels.py:\d+ "
+        r"\(a fault in the check's own comparison, not a verdict on torch-pruning",
+    ):
+        checked.check_all()

@@ -18,9 +18,10 @@ from typing import Any
 import pytest
 
 # In-process pytester runs forget modules imported during the run; torch cannot be
-# imported twice in one process, so import it (and timm) before any run does.
+# imported twice in one process, so import it (and timm, torch-pruning) before any run does.
 import timm  # noqa: F401
 import torch  # noqa: F401
+import torch_pruning  # noqa: F401 - and torch-pruning, whose classes the engine caches
 
 from pytest_tprune.cli.commands import compare_main
 from pytest_tprune.session.transport import scalar_properties
@@ -69,9 +70,9 @@ def test_junit_properties_are_scalars_and_the_report_keeps_its_figures(
 ) -> None:
     project.makepyfile(test_prune=PASSING)
     xml, report = project.path / "junit.xml", project.path / "report.json"
-    result = project.runpytest_subprocess(
-        *ONE_CASE, *dist, f"--junitxml={xml}", f"--tprune-report={report}", timeout=300
-    )
+    args = (*ONE_CASE, *dist, f"--junitxml={xml}", f"--tprune-report={report}")
+    # -n 2 starts real workers; the single-process run stays in this process (no 5 s of imports)
+    result = project.runpytest_subprocess(*args, timeout=300) if "-n" in dist else project.runpytest(*args)
     assert result.ret == 0, result.stdout.str()
     props = junit_properties(xml)[f"test_prune[{CASE_ID}]"]
     reprs = {name: value for name, value in props.items() if value[:1] in "{[(" or "': " in value}
@@ -158,12 +159,11 @@ def test_a_golden_mismatch_keeps_its_diff_with_relative_paths(
 ) -> None:
     project.makepyfile(test_prune=GOLDEN)
     old, new = project.path / "old.json", project.path / "new.json"
-    # two runs in one process would import torch-pruning twice: each runs in its own
-    written = project.runpytest_subprocess(*ONE_CASE, "--tprune-update-golden", f"--tprune-report={old}", timeout=300)
+    written = project.runpytest(*ONE_CASE, "--tprune-update-golden", f"--tprune-report={old}")
     assert written.ret == 0, written.stdout.str()
     golden = project.path / "golden" / "test_resnet" / "r0.50-local.json"
     module = tamper(golden)["module"]
-    failed = project.runpytest_subprocess(*ONE_CASE, f"--tprune-report={new}", timeout=300)
+    failed = project.runpytest(*ONE_CASE, f"--tprune-report={new}")
     assert failed.ret == 1
     (row,) = json.loads(new.read_text())["cases"]
     assert row["outcome"] == "failed" and row["failed_check"] == "golden"

@@ -196,9 +196,20 @@ def test_the_header_names_an_untested_release(monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_the_summary_guards_line_waits_for_a_pruning_case() -> None:
-    assert header.guards_line(SimpleNamespace(rows={})) is None  # type: ignore[arg-type]
-    line = header.guards_line(SimpleNamespace(rows={"case": object()}))  # type: ignore[arg-type]
-    assert line == f"tprune {guards.guard_summary()}"
+    assert header.guards_line(SimpleNamespace(rows={}, runtime=None)) is None  # type: ignore[arg-type]
+    line = header.guards_line(SimpleNamespace(rows={"case": object()}, runtime=None))  # type: ignore[arg-type]
+    assert line == f"tprune {guards.guard_summary()}"  # no case's process said: probed here
+
+
+def test_the_guards_line_and_report_say_what_the_cases_process_found() -> None:
+    """An xdist worker's guards (say, one where a guard was off) are what the controller reports."""
+    sent = {"guards": {"bounded_traversal": "unavailable on torch-pruning 9.9: gone"}, "guards_line": "guards: off",
+            "cuda": "12.8", "cudnn": 91000}  # fmt: skip
+    state = SimpleNamespace(rows={"case": object()}, runtime=sent)
+    assert header.guards_line(state) == "tprune guards: off"  # type: ignore[arg-type]
+    env = identity.environment("cuda", sent)
+    assert env["guards"] == sent["guards"] and (env["cuda"], env["cudnn"]) == ("12.8", 91000)
+    assert identity.environment("cpu")["guards"] == guards.guard_status()  # nothing sent: probed here
 
 
 def test_the_header_shows_versions_and_device_without_importing_the_libraries(pytester: pytest.Pytester) -> None:

@@ -17,7 +17,7 @@ from pytest_tprune.reports.schema import REPORT_SCHEMA
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMITTED = sorted((ROOT / "docs" / "compatibility").glob("*.json"))
-DOCS_TITLE = "Compatibility matrix: torch-pruning releases"
+DOCS_TITLE = "Compatibility matrix: torch-pruning and timm releases"
 """The --title docs/compatibility.md is rendered with (its first line)."""
 
 
@@ -277,7 +277,7 @@ def committed_families() -> set[str]:
 
 
 def test_the_committed_reports_render_every_family(tmp_path: Path) -> None:
-    assert len(COMMITTED) == 3
+    assert len(COMMITTED) == 5  # torch-pruning 1.5.3, 1.6.0, 1.6.1 on timm 1.0.31; timm 1.0.20, 1.0.26
     done = subprocess.run(
         [sys.executable, "-m", "pytest_tprune", "matrix", *map(str, COMMITTED)],
         capture_output=True,
@@ -292,10 +292,13 @@ def test_the_committed_reports_render_every_family(tmp_path: Path) -> None:
     assert len(families) > 50
     for family in families:
         cells = row_of(page, family)
-        assert len(cells) == 4 and all(cells[1:]), (family, cells)
+        assert len(cells) == 6 and all(cells[1:]), (family, cells)
     rows = [line for line in page.splitlines() if line.startswith("| ") and not line.startswith("| family |")]
     assert len(rows) == len(families) + 1  # and the totals row
-    assert header_of(page) == ["family", "cases", "tp 1.5.3", "tp 1.6.0", "tp 1.6.1"]
+    assert header_of(page) == [
+        "family", "cases", "tp 1.5.3 / timm 1.0.31", "tp 1.6.0 / timm 1.0.31", "tp 1.6.1 / timm 1.0.20",
+        "tp 1.6.1 / timm 1.0.26", "tp 1.6.1 / timm 1.0.31",
+    ]  # fmt: skip
 
 
 def test_docs_compatibility_md_is_what_the_command_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,7 +3,7 @@
 A walk the engine abandons at its budget is replayed, not walked again, when
 the same walk comes back on a graph of the same model (another config, a retry,
 the equivalence check's copy). These tests pin that a replay gives exactly what
-walking gives, on every grid model, and that the key's graph signature is what
+walking gives, on the grid models whose walks are replayed, and that the key's graph signature is what
 keeps a different graph from replaying another's walk.
 """
 
@@ -23,10 +23,10 @@ from pytest_tprune.engine.models import ModelSpec, timm_spec  # noqa: E402
 from pytest_tprune.engine.pruning import prune  # noqa: E402
 from pytest_tprune.engine.tp_internals import walk  # noqa: E402
 
-GRID_MODELS = ("test_byobnet", "test_coatnet", "test_convnext", "test_efficientnet", "test_maxvit", "test_mambaout",
-               "test_nfnet", "test_resnet", "test_vit", "test_vit2", "test_vit3", "test_vit4", "test_vit_relpos",
-               "test_convnext2", "test_convnext3", "test_efficientnet_evos", "test_efficientnet_gn",
-               "test_efficientnet_ln")  # fmt: skip
+CACHED_MODELS = ("test_coatnet", "test_maxvit")
+"""The grid models with walks the engine abandons, so the cache replays them (measured at 0.5 uniform: 3 and 8
+replays on a second prune). The other grid models abandon none: the cache never engages on them, and their
+goldens, checked with the cache on by tests/test_zoo.py, are unchanged since it came."""
 
 
 @pytest.fixture
@@ -42,7 +42,7 @@ def _golden(spec: ModelSpec, config: PruneConfig) -> dict[str, Any]:
     return golden_content(prune(spec, config, device="cpu").outcome, {})
 
 
-@pytest.mark.parametrize("model", GRID_MODELS)
+@pytest.mark.parametrize("model", CACHED_MODELS)
 def test_replayed_walks_give_the_golden_of_walked_ones(model: str, cache: walk.AbandonedWalks) -> None:
     spec, config = timm_spec(model), PruneConfig(ratio=0.5)
     cache.enabled = False
@@ -53,7 +53,8 @@ def test_replayed_walks_give_the_golden_of_walked_ones(model: str, cache: walk.A
     replayed = _golden(spec, config)
     assert first == walked
     assert replayed == walked
-    assert cache.hits >= 2 * hits  # the second prune replayed at least what the first did
+    assert cache.hits > hits  # the second prune replayed walks: the comparison is not vacuous
+    assert cache.hits >= 2 * hits  # and at least what the first did
 
 
 class _SliceResidual(nn.Module):

@@ -24,7 +24,7 @@ from pytest_tprune.checks import expectations as exp
 from pytest_tprune.engine.config import DEFAULT_SEED, PruneConfig
 from pytest_tprune.engine.models import ModelSpec
 from pytest_tprune.engine.resources import STORE, peak_rss_mb, share_cores, time_limit
-from pytest_tprune.errors import CheckFailed
+from pytest_tprune.errors import CheckFailed, TpruneError
 
 if TYPE_CHECKING:
     from torch import nn
@@ -143,7 +143,12 @@ class TpruneCase:
         __tracebackhide__ = True
         self.pruned  # noqa: B018
         with self._timed(check):
-            problems = find()
+            try:
+                problems = find()
+            except TpruneError:
+                raise
+            except Exception as exc:  # the check's own machinery broke: say so, under the check's name
+                raise CheckFailed(check, checker_fault(check, exc)) from exc
         if problems:
             raise CheckFailed(check, "; ".join(problems))
 
@@ -360,3 +365,22 @@ class TpruneCase:
             "worker": os.environ.get("PYTEST_XDIST_WORKER", "main"),
             "durations": {**out.timings, **{k: round(v, 4) for k, v in self.check_times.items()}},
         }
+
+
+def checker_fault(check: str, exc: BaseException) -> str:
+    """The message of a check that raised instead of judging: what raised, and where, and whose fault it is.
+
+    A check compares the pruned model with something (its soft-pruned original,
+    a reloaded copy); when that comparison itself raises, the case fails under
+    the check's name, never as a bare ``RuntimeError``, and the message says the
+    verdict is missing rather than that torch-pruning pruned wrongly.
+    """
+    import traceback
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" at {'/'.join(Path(frames[-1].filename).parts[-2:])}:{frames[-1].lineno}" if frames else ""
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return (
+        f"the {check} check could not judge the pruned model: {type(exc).__name__}: {text}{where} "
+        "(a fault in the check's own comparison, not a verdict on torch-pruning; please report it)"
+    )

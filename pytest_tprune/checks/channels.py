@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from torch import nn
 
+    from pytest_tprune.checks.properties.recorder import GroupTrace, RecordedPrune
     from pytest_tprune.engine.config import PruneConfig
     from pytest_tprune.engine.models import ModelSpec
     from pytest_tprune.engine.resources import Pristine
@@ -63,6 +64,57 @@ def perturbed_copy(pristine: Pristine, seed: int) -> nn.Module:
     return model
 
 
+HEAD_RANKING_UNCHECKED = (
+    "criterion: which heads were removed is not checked (the recorded scores are per position within a head; "
+    "torch-pruning ranks heads by their mean score)"
+)
+"""Why the criterion check cannot judge the head choice of a group that lost whole heads."""
+
+
+def _without_dead_heads(recorded: RecordedPrune) -> tuple[RecordedPrune, list[str], list[str]]:
+    """``recorded`` as the criterion check can judge it, the head problems, and what stays unchecked.
+
+    A group that lost whole heads (``prune_num_heads``) breaks the criterion
+    check's premise that every channel group loses the same positions. Its
+    surviving heads must still lose the same positions, and those positions
+    must be the lowest-scoring ones: the group is handed on as if only those
+    positions were removed from every head. The head choice itself cannot be
+    judged from per-position scores, so it is counted as unchecked.
+    """
+    import dataclasses
+
+    groups, problems, notes = [], [], []
+    for group in recorded.groups:
+        survivors = _surviving_heads_positions(group)
+        if survivors is None:
+            groups.append(group)
+            continue
+        notes.append(HEAD_RANKING_UNCHECKED)
+        if len(set(survivors)) > 1:
+            problems.append(
+                f"{group.label}: the heads it kept lost different positions {sorted(map(sorted, survivors))[:4]}"
+            )
+            continue
+        size, lost = group.channels // group.channel_groups, sorted(next(iter(survivors), frozenset()))
+        removed = [p + g * size for g in range(group.channel_groups) for p in lost]
+        groups.append(dataclasses.replace(group, removed=removed))
+    return dataclasses.replace(recorded, groups=groups), problems, notes
+
+
+def _surviving_heads_positions(group: GroupTrace) -> list[frozenset[int]] | None:
+    """Positions lost by each head the group kept, when it removed at least one whole head; else None."""
+    heads = group.channel_groups
+    if heads <= 1 or group.channels % heads:
+        return None
+    size = group.channels // heads
+    lost: dict[int, set[int]] = {head: set() for head in range(heads)}
+    for index in group.removed:
+        lost[index // size].add(index % size)
+    if not any(len(positions) == size for positions in lost.values()):
+        return None
+    return [frozenset(positions) for positions in lost.values() if len(positions) < size]
+
+
 def right_channels(spec: ModelSpec, pristine: Pristine, config: PruneConfig, seed: int) -> ChannelReport:
     """Equivalence on every checkable group, the criterion, and the save/load round trip, on a perturbed copy."""
     from pytest_tprune.checks import properties as props
@@ -78,11 +130,16 @@ def right_channels(spec: ModelSpec, pristine: Pristine, config: PruneConfig, see
     problems = [f"equivalence: {p}" for p in report.problems]
     recorded = report.recorded
     save_load: dict[str, str] = {}
+    head_notes: list[str] = []
     if recorded is not None and recorded.groups:
-        problems += [f"criterion: {p}" for p in props.criterion_problems(recorded)]
+        ranked, head_problems, head_notes = (
+            _without_dead_heads(recorded) if config.prune_num_heads else (recorded, [], [])
+        )
+        problems += [f"criterion: {p}" for p in head_problems + props.criterion_problems(ranked)]
         unsupported = pristine.derived.setdefault("save_load_unsupported", {})
         trips = props.save_load_round_trips(recorded.model, base, batch, unsupported=unsupported)
         problems += [f"save/load: {p}" for p in trips.problems]
         save_load = trips.paths
     unchecked = Counter(_MEMBER_PREFIX.sub("", reasons[0]) for reasons in report.skipped.values() if reasons)
+    unchecked.update(head_notes)
     return ChannelReport(problems, len(report.checked), unchecked, report.error, props.EQUIVALENCE_TOLERANCE, save_load)

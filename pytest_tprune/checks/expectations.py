@@ -21,6 +21,29 @@ The shape rule and the reduction band are derived from torch-pruning's uniform
 * MACs follow the same per-operation argument, so their kept fraction lies in
   [q_min^2, 1) and strictly below 1 when anything was pruned.
 
+Head pruning (``prune_num_heads`` with head ratio ``h``) removes whole heads
+*on top of* the head dimensions the ratio removes: torch-pruning prunes the
+union of the two index sets, and removes heads only in a group that loses
+head dimensions (ratio 0 removes no head). An attention group of ``H`` heads
+of ``D`` channels keeps ``(H - ceil(h * H)) * d`` channels, ``d`` being the
+per-head width the grouped rule keeps; on a fused ``qkv`` that is
+``3 * kept_heads * d`` outputs, so ``head_dim`` is ``d``, not ``D``: ratio 0.5
+with head ratio 0.5 on 12 heads of 64 keeps 6 heads of 32. The rule is not
+stated for grouped-query attention (query and key/value head counts differ):
+torch-pruning then prunes the key/value projections differently, and the
+shape check fails such a group saying so rather than passing it unchecked.
+Kept fractions below ``1 - r`` are what ``q_min`` is for, so the band holds.
+Like the rest of the shape rule, the head rule is stated for one step only:
+over ``N`` steps torch-pruning removes ``ceil(h * k/N * heads_now)`` heads at
+step ``k``, of the heads *left*, so the removals compound (head ratio 0.5 in
+two steps takes 8 of 12 heads, not 6) and no per-group count is asserted.
+
+``max_pruning_ratio`` (``m``) caps nothing within a step in torch-pruning
+1.6: it only stops ranking a layer at a *later* step once it is below
+``1 - m`` of its initial width. A single-step prune therefore follows the
+uniform rule at ``r`` whatever ``m`` is, and an iterative one keeps at most
+``max(1 - r, 1 - m)`` per dimension, which is the band's upper end.
+
 Global mode ranks channels across layers, so only strict decrease is implied;
 a model can declare its own band (with a reason) on its :class:`ModelSpec`.
 """
@@ -30,6 +53,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from pytest_tprune.engine.config import PruneConfig
 from pytest_tprune.engine.pruning import GroupRecord, PruneOutcome
 
 
@@ -54,6 +78,45 @@ def predicted_kept(channels: int, channel_groups: int, ratio: float, round_to: i
     return channels if removed >= per_group else groups * (per_group - removed)
 
 
+def predicted_kept_heads(channels: int, heads: int, ratio: float, head_ratio: float, round_to: int | None) -> int:
+    """Channels an attention group of ``heads`` heads keeps with head pruning (local, torch-pruning 1.6).
+
+    The per-head width ``d`` the grouped rule keeps (:func:`predicted_kept`
+    with the heads as channel groups), times the heads left after removing
+    ``ceil(head_ratio * heads)``, the same float expression torch-pruning
+    evaluates. No head goes where no head dimension does (torch-pruning
+    removes heads inside its width step), and a group that would lose every
+    head is refused whole (``check_pruning_group``), so it keeps everything.
+    """
+    kept = predicted_kept(channels, heads, ratio, round_to)
+    if kept == channels or heads <= 0 or channels % heads:
+        return kept
+    removed_heads = math.ceil(head_ratio * heads)
+    if removed_heads >= heads:
+        return channels
+    return (heads - removed_heads) * (kept // heads)
+
+
+def head_rule_unstated(record: GroupRecord, config: PruneConfig) -> str | None:
+    """Why the head rule cannot be stated for ``record``, or None when it can (or no head is pruned)."""
+    if not config.prune_num_heads or record.heads <= 0:
+        return None
+    if record.kv_heads != record.heads:
+        return (
+            f"the shape rule is not stated for head pruning of grouped-query attention ({record.heads} query heads, "
+            f"{record.kv_heads} key/value heads): torch-pruning prunes its key/value projections apart"
+        )
+    return None
+
+
+def group_kept(record: GroupRecord, config: PruneConfig) -> int:
+    """Channels the rule says ``record``'s group keeps under ``config``, head pruning included."""
+    if config.prune_num_heads and record.heads > 0 and head_rule_unstated(record, config) is None:
+        heads, head_ratio = record.heads, config.head_pruning_ratio
+        return predicted_kept_heads(record.channels, heads, config.ratio, head_ratio, config.round_to)
+    return predicted_kept(record.channels, record.channel_groups, config.ratio, config.round_to)
+
+
 @dataclass
 class ShapeViolation:
     group: str
@@ -67,16 +130,14 @@ def shape_violations(outcome: PruneOutcome) -> list[ShapeViolation]:
     found = []
     if not config.global_pruning and config.iterative_steps == 1:
         for record in outcome.groups:
-            kept = predicted_kept(record.channels, record.channel_groups, config.ratio, config.round_to)
+            unstated = head_rule_unstated(record, config)
+            if unstated is not None:
+                found.append(ShapeViolation(record.root, f"{unstated}; removed {record.removed} of {record.channels}"))
+                continue
+            kept = group_kept(record, config)
             expected = record.channels - kept
             if record.removed != expected:
-                found.append(
-                    ShapeViolation(
-                        record.root,
-                        f"{record.direction}-channels {record.channels} (groups={record.channel_groups}): removed "
-                        f"{record.removed}, the rule predicts {expected} (keep {kept})",
-                    )
-                )
+                found.append(ShapeViolation(record.root, _rule_detail(record, config, expected, kept)))
     for name in outcome.ignored:
         before, after = outcome.shapes_before.get(f"{name}.weight"), outcome.shapes_after.get(f"{name}.weight")
         if before and after and before[0] != after[0]:
@@ -84,11 +145,29 @@ def shape_violations(outcome: PruneOutcome) -> list[ShapeViolation]:
     return found
 
 
-def min_kept_fraction(groups: list[GroupRecord], ratio: float, round_to: int | None) -> float:
-    fractions = [
-        predicted_kept(g.channels, g.channel_groups, ratio, round_to) / g.channels for g in groups if g.channels
-    ]
-    return min(fractions, default=1 - ratio)
+def _rule_detail(record: GroupRecord, config: PruneConfig, expected: int, kept: int) -> str:
+    """How a group broke the rule; an attention group under head pruning names its heads."""
+    heads = ""
+    if config.prune_num_heads and record.heads > 0:
+        left = record.heads - math.ceil(config.head_pruning_ratio * record.heads)
+        heads = f", heads {record.heads} -> {record.heads - record.heads_removed}, the rule keeps {left}"
+    return (
+        f"{record.direction}-channels {record.channels} (groups={record.channel_groups}{heads}): removed "
+        f"{record.removed}, the rule predicts {expected} (keep {kept})"
+    )
+
+
+def min_kept_fraction(groups: list[GroupRecord], config: PruneConfig) -> float:
+    """``q_min``: the smallest kept fraction the rule predicts over ``groups`` (heads included)."""
+    fractions = [group_kept(g, config) / g.channels for g in groups if g.channels]
+    return min(fractions, default=1 - config.ratio)
+
+
+def max_kept_fraction(config: PruneConfig) -> float:
+    """The band's upper end per pruned dimension: ``1 - r``, or ``1 - m`` when the cap stops later steps."""
+    if config.iterative_steps > 1:
+        return 1 - min(config.ratio, config.max_pruning_ratio)
+    return 1 - config.ratio
 
 
 @dataclass
@@ -125,15 +204,15 @@ def param_band(outcome: PruneOutcome, declared: tuple[float, float] | None, reas
         return Band(declared[0], declared[1], "params kept (all)", reason or "declared by the model spec")
     if config.global_pruning or config.ratio == 0:
         return None
-    q_min = min_kept_fraction(outcome.groups, config.ratio, config.round_to)
-    return Band(q_min**2, 1 - config.ratio, "params kept (pruned tensors)", f"uniform rule, q_min={q_min:.4f}")
+    q_min = min_kept_fraction(outcome.groups, config)
+    return Band(q_min**2, max_kept_fraction(config), "params kept (pruned tensors)", f"uniform rule, q_min={q_min:.4f}")
 
 
 def mac_band(outcome: PruneOutcome) -> Band | None:
     config = outcome.prune_config
     if config.global_pruning or config.ratio == 0:
         return None
-    q_min = min_kept_fraction(outcome.groups, config.ratio, config.round_to)
+    q_min = min_kept_fraction(outcome.groups, config)
     return Band(q_min**2, 1.0, "MACs kept", f"uniform rule, q_min={q_min:.4f}")
 
 

@@ -21,6 +21,12 @@ that replays it from a shell::
         assert not problems, reproduce_command("test_resnet", config) + "\\n" + "\\n".join(problems)
 
 ``random`` importance is seeded by the engine (``--seed``), so it replays too.
+
+Head pruning and the per-layer cap are opt-in (``head_ratio=head_ratios()``,
+``max_ratio=max_ratios()``): left out, nothing more is drawn, so the default
+draws, and the derandomized property suite's examples, stay what they were.
+Drawn, they shrink to their defaults too: head ratio 0 (no head pruning) and
+cap 1 (none).
 """
 
 from __future__ import annotations
@@ -64,6 +70,32 @@ def ratios(min_value: float = 0.0, max_value: float = MAX_RATIO, places: int = 2
     return st.integers(low, high).map(lambda k: round(k / scale, places))
 
 
+def head_ratios(max_value: float = 0.75) -> SearchStrategy[float]:
+    """Head pruning ratios on the hundredths grid, shrinking to 0 (no head pruning).
+
+    Capped below 1 by default: a ratio that removes every head of a group is
+    refused whole by torch-pruning, which the rule states but which tests
+    little.
+    """
+    return ratios(0.0, max_value)
+
+
+def max_ratios(min_value: float = 0.1) -> SearchStrategy[float]:
+    """``max_pruning_ratio`` caps in ``[min_value, 1]`` on the hundredths grid, shrinking to 1 (no cap)."""
+    from hypothesis import strategies as st
+
+    if not 0.0 < min_value <= 1.0:
+        raise ValueError(f"need 0 < min_value <= 1, got {min_value}")
+    lowest = round(min_value * 100)
+    return st.integers(0, 100 - lowest).map(lambda k: round((100 - k) / 100, 2))
+
+
+def _fixed_or(value: SearchStrategy[float] | float) -> SearchStrategy[float]:
+    from hypothesis import strategies as st
+
+    return st.just(float(value)) if isinstance(value, (int, float)) else value
+
+
 def prune_configs(
     *,
     ratio: SearchStrategy[float] | float | None = None,
@@ -72,6 +104,8 @@ def prune_configs(
     round_to: Sequence[int | None] = ROUND_TO,
     iterative_steps: tuple[int, int] = (1, 3),
     isomorphic: Sequence[bool] = (False, True),
+    head_ratio: SearchStrategy[float] | float | None = None,
+    max_ratio: SearchStrategy[float] | float | None = None,
 ) -> SearchStrategy[PruneConfig]:
     """Pruning configurations over every knob of the engine.
 
@@ -81,6 +115,9 @@ def prune_configs(
     ``round_to`` values (``None`` means no rounding); ``iterative_steps`` an
     inclusive range; ``isomorphic`` the values drawn when the mode is global
     (it is always off in uniform mode, which torch-pruning requires).
+    ``head_ratio`` (opt-in; e.g. :func:`head_ratios`) draws head pruning, a
+    drawn 0 meaning none; ``max_ratio`` (opt-in; e.g. :func:`max_ratios`)
+    draws ``max_pruning_ratio``. Left as None they draw nothing at all.
 
     Every knob shrinks towards the first value given (the engine's default when
     the defaults are kept), and the ratio is drawn first so that it is
@@ -100,6 +137,8 @@ def prune_configs(
     if not isomorphic:
         raise ValueError("isomorphic must offer at least one value")
     ratio_strategy = ratios() if ratio is None else ratio if not isinstance(ratio, (int, float)) else st.just(ratio)
+    head_strategy = None if head_ratio is None else _fixed_or(head_ratio)
+    max_strategy = None if max_ratio is None else _fixed_or(max_ratio)
 
     @st.composite
     def draw_config(draw: DrawFn) -> PruneConfig:
@@ -109,6 +148,8 @@ def prune_configs(
         rounding = draw(st.sampled_from(round_to))
         steps = draw(st.integers(*iterative_steps))
         iso = draw(st.sampled_from(isomorphic)) if mode == "global" else False
+        heads = float(draw(head_strategy)) if head_strategy is not None else 0.0  # drawn after the seed's knobs
+        cap = float(draw(max_strategy)) if max_strategy is not None else 1.0
         return PruneConfig(
             ratio=float(drawn_ratio),
             global_pruning=mode == "global",
@@ -116,6 +157,9 @@ def prune_configs(
             round_to=rounding,
             iterative_steps=steps,
             isomorphic=iso,
+            prune_num_heads=heads > 0,
+            head_pruning_ratio=heads,
+            max_pruning_ratio=cap,
         )
 
     return draw_config()

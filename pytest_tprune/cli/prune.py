@@ -1,9 +1,10 @@
 """The seed's command line, reproduced faithfully and made safe.
 
 ``tprune --list_models [PATTERN]`` and ``tprune --model NAME --pruning_ratio R
-[--global_pruning]`` print what the upstream example prints: ``Pruning NAME...``,
-the module tree with ``before => after`` on every changed line, then the MACs and
-params lines with four decimals. Bad input exits 2 with one line; a failure of
+[--global_pruning] [--prune_num_heads --head_pruning_ratio R] [--max_pruning_ratio R]``
+print what the upstream example prints: ``Pruning NAME...``, the module tree
+with ``before => after`` on every changed line, then the MACs and params lines
+with four decimals. Bad input exits 2 with one line; a failure of
 the library stack exits 1 naming the step and module; neither shows a traceback.
 """
 
@@ -53,6 +54,26 @@ def build_parser() -> argparse.ArgumentParser:
     add("--round_to", "--round-to", type=int, default=None, help="keep channel counts multiples of this")
     add("--iterative_steps", "--iterative-steps", type=int, default=1, help="prune in this many steps")
     add("--isomorphic", action="store_true", help="isomorphic ranking (with --global_pruning)")
+    add(
+        "--prune_num_heads",
+        "--prune-num-heads",
+        action="store_true",
+        help="remove whole attention heads too (with --head_pruning_ratio)",
+    )
+    add(
+        "--head_pruning_ratio",
+        "--head-pruning-ratio",
+        type=float,
+        default=0.0,
+        help="fraction of each attention's heads to remove, in [0, 1) (with --prune_num_heads; default 0)",
+    )
+    add(
+        "--max_pruning_ratio",
+        "--max-pruning-ratio",
+        type=float,
+        default=1.0,
+        help="torch-pruning's per-layer cap on the pruned fraction, in (0, 1] (default 1: no cap)",
+    )
     add(
         "--input_size",
         "--input-size",
@@ -130,6 +151,9 @@ def config_from_args(args: argparse.Namespace) -> PruneConfig:
         round_to=args.round_to,
         iterative_steps=args.iterative_steps,
         isomorphic=args.isomorphic,
+        prune_num_heads=args.prune_num_heads,
+        head_pruning_ratio=args.head_pruning_ratio,
+        max_pruning_ratio=args.max_pruning_ratio,
     )
 
 

@@ -8,6 +8,14 @@ for a module type that recomputes such attributes from the pruned weights.
 Adapters are kept in a :class:`~pytest_tprune.engine.registry.TypeRegistry`,
 whose lookup rule (the most specific class of the module's MRO) custom pruners
 share.
+
+Head counts are the one attribute the pruned weights cannot tell: 576 ``qkv``
+channels are 6 heads of 32 or 12 heads of 16, and only torch-pruning knows
+which. With ``prune_num_heads`` it lowers the counts in its ``num_heads`` dict
+(per projection) as it removes heads, so :func:`sync_head_counts` copies them
+onto the attention modules before the adapters recompute the head widths, and
+:func:`head_count_problems` checks the result: a module left at the old count
+still runs its forward (12 heads of 16) but computes another function.
 """
 
 from __future__ import annotations
@@ -30,8 +38,18 @@ def register_adapter(*types: type | str) -> Callable[[Adapter], Adapter]:
     return ADAPTERS.register(*types)
 
 
-def apply_adapters(model: nn.Module, extra: Mapping[type | str, Adapter] | None = None) -> list[str]:
-    """Run every applicable adapter (``extra``: a model's own, by class or path); returns the modules adapted."""
+def apply_adapters(
+    model: nn.Module,
+    extra: Mapping[type | str, Adapter] | None = None,
+    heads: Mapping[nn.Module, int] | None = None,
+) -> list[str]:
+    """Run every applicable adapter (``extra``: a model's own, by class or path); returns the modules adapted.
+
+    ``heads`` is the pruner's ``num_heads`` after pruning: the head counts are set from it first
+    (:func:`sync_head_counts`), because the adapters derive every head width from the count.
+    """
+    if heads:
+        sync_head_counts(model, heads)
     own = {type_key(cls): fn for cls, fn in (extra or {}).items()}
     adapted = []
     for name, module in model.named_modules():
@@ -70,12 +88,76 @@ def attention_width(module: nn.Module) -> int | None:
     return None
 
 
+QUERY_PROJECTIONS = ("qkv", "q")
+"""Attributes of an attention module holding the projection whose head count is ``num_heads``."""
+KV_PROJECTIONS = ("k", "v", "kv")
+"""Attributes holding the projections whose head count is ``num_kv_heads`` (grouped-query attention)."""
+
+
+def attention_projections(module: nn.Module) -> list[tuple[str, str, nn.Module]]:
+    """``(projection attribute, head-count attribute, projection)`` of an attention module, in that order."""
+    found = []
+    for names, count in ((QUERY_PROJECTIONS, "num_heads"), (KV_PROJECTIONS, "num_kv_heads")):
+        for name in names:
+            layer = getattr(module, name, None)
+            if layer is not None and _out_features(layer) is not None:
+                found.append((name, count, layer))
+    return found
+
+
+def _head_count(module: nn.Module, attr: str) -> int | None:
+    value = getattr(module, attr, None)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def sync_head_counts(model: nn.Module, heads: Mapping[nn.Module, int]) -> list[str]:
+    """Set each attention module's ``num_heads`` (``num_kv_heads``) to torch-pruning's count for its projection.
+
+    Changes nothing unless heads were removed; returns the modules whose count changed.
+    """
+    changed = []
+    for name, module in model.named_modules():
+        for projection, attr, layer in attention_projections(module):
+            current, left = _head_count(module, attr), heads.get(layer)
+            if current is None or not isinstance(left, int) or left == current:
+                continue
+            if projection == "qkv" and _head_count(module, "num_kv_heads") == current:
+                setattr(module, "num_kv_heads", int(left))  # noqa: B010 - a fused qkv has as many k/v heads as q
+            setattr(module, attr, int(left))
+            changed.append(name)
+    return sorted(set(changed))
+
+
+def head_count_problems(model: nn.Module, heads: Mapping[nn.Module, int]) -> list[tuple[str, str]]:
+    """``(module, problem)`` for every attention module whose heads disagree with the pruner's ``heads``.
+
+    Run after the adapters: each head count must be torch-pruning's, and the
+    query width must be ``num_heads x head_dim``. Either mistake leaves a
+    forward that runs (the reshape only needs the product) but splits the
+    channels into the wrong heads, so no later check would notice it.
+    """
+    problems = []
+    for name, module in model.named_modules():
+        known = [(attr, count, layer) for attr, count, layer in attention_projections(module) if layer in heads]
+        for attr, count, layer in known:
+            current, left = _head_count(module, count), heads[layer]
+            if current is not None and current != left:
+                problems.append((name, f"{count} is {current} but torch-pruning left {left} on '{name}.{attr}'"))
+        head_dim, width = getattr(module, "head_dim", None), attention_width(module)
+        count_now = _head_count(module, "num_heads")
+        if known and isinstance(head_dim, int) and width is not None and count_now and head_dim * count_now != width:
+            problems.append((name, f"head_dim {head_dim} x num_heads {count_now} != query width {width}"))
+    return problems
+
+
 def sync_head_attributes(module: nn.Module) -> None:
     """Recompute ``head_dim``/``attn_dim``/``kv_dim`` from the pruned projections.
 
-    ``num_heads`` is kept (the recipe prunes head dimensions, not heads) and
-    ``scale`` is kept on purpose: it is a constant of the trained function, and
-    keeping it is what makes a pruned model equal to its soft-pruned original.
+    ``num_heads`` is read, not derived: the widths alone cannot tell heads
+    from head dimensions, so after head pruning it must already hold
+    torch-pruning's count (:func:`sync_head_counts`). ``scale`` is kept on
+    purpose: it is a constant of the trained function, and keeping it is what
+    makes a pruned model equal to its soft-pruned original.
     """
     width = attention_width(module)
     heads = getattr(module, "num_heads", None)

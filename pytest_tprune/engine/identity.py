@@ -1,6 +1,7 @@
 """Which code made a result: library versions, the engine's fingerprint, the device.
 
-Torch-free except :func:`environment`'s CUDA entries and guard status, so a
+Torch-free except :func:`runtime_facts` (guard status, CUDA), which :func:`environment` calls only
+when no case's process sent them, so a
 report reader, a benchmark driver or the pytest header can tell whether a
 stored result is current (and whether a release was tested) without importing
 torch.
@@ -106,28 +107,46 @@ def run_identity() -> dict[str, Any]:
     return {"python": platform.python_version(), **library_versions(), "pytest-tprune": engine_version()}
 
 
-def environment(device: str) -> dict[str, Any]:
-    """:func:`run_identity` plus the platform, device, CUDA and guards: what a comparison between runs must show.
+def runtime_facts() -> dict[str, Any]:
+    """What only a process with torch and torch-pruning imported knows: the guards' status and line, and CUDA.
 
-    ``guards`` is each engine guard's status (active, or unavailable and why)
-    for the installed torch-pruning: a guard that is off changes verdicts, and
-    under xdist this process (the controller) probes for itself, import-only.
-    ``untested`` lists the libraries outside :data:`TESTED_RANGES`, when any.
+    The process that runs a case sends these with it (``RUNTIME_KEY``), so the
+    reporting process (an xdist controller) says what the cases ran with, and
+    does not import torch-pruning (and torch, about 5 s of CPU) to probe again.
     """
-    from pytest_tprune.engine.tp_internals.guards import guard_status
+    from pytest_tprune.engine.tp_internals.guards import guard_status, guard_summary
 
-    identity = run_identity()
-    env: dict[str, Any] = {"python": identity.pop("python"), "platform": platform.platform(), "device": device}
-    env.update(identity)
-    env["guards"] = guard_status()
-    notes = untested_notes({name: str(identity[name]) for name in GUARDED_LIBRARIES})
-    if notes:
-        env["untested"] = notes
+    facts: dict[str, Any] = {"guards": guard_status(), "guards_line": guard_summary()}
     try:
         import torch
 
-        env["cuda"] = torch.version.cuda if torch.cuda.is_available() else None
-        env["cudnn"] = torch.backends.cudnn.version() if torch.cuda.is_available() else None
+        available = torch.cuda.is_available()
+        facts["cuda"] = torch.version.cuda if available else None
+        facts["cudnn"] = torch.backends.cudnn.version() if available else None
     except ImportError:
         pass
+    return facts
+
+
+def environment(device: str, runtime: dict[str, Any] | None = None) -> dict[str, Any]:
+    """:func:`run_identity` plus the platform, device, CUDA and guards: what a comparison between runs must show.
+
+    ``guards`` is each engine guard's status (active, or unavailable and why)
+    for the installed torch-pruning: a guard that is off changes verdicts.
+    Guards and CUDA come from ``runtime``, the :func:`runtime_facts` a case's
+    process sent; without it (no case ran, or none reported) this process
+    probes for itself, import-only.
+    ``untested`` lists the libraries outside :data:`TESTED_RANGES`, when any.
+    """
+    identity = run_identity()
+    env: dict[str, Any] = {"python": identity.pop("python"), "platform": platform.platform(), "device": device}
+    env.update(identity)
+    facts = runtime if runtime is not None else runtime_facts()
+    env["guards"] = facts["guards"]
+    notes = untested_notes({name: str(identity[name]) for name in GUARDED_LIBRARIES})
+    if notes:
+        env["untested"] = notes
+    for key in ("cuda", "cudnn"):
+        if key in facts:
+            env[key] = facts[key]
     return env

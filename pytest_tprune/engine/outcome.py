@@ -30,6 +30,12 @@ class GroupRecord:
     removed: int
     members: list[str] = field(default_factory=list)
     step: int = 1
+    heads: int = 0
+    """Attention heads of the group's query projection before this group was pruned (0: no attention)."""
+    kv_heads: int = 0
+    """The smallest head count among its projections: below ``heads`` for grouped-query attention."""
+    heads_removed: int = 0
+    """Whole heads torch-pruning removed with this group (``prune_num_heads``)."""
 
 
 @dataclass

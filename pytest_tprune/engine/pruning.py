@@ -27,7 +27,14 @@ from pytest_tprune.engine.measure import failing_module, forward_with_flops, out
 from pytest_tprune.engine.models import ModelSpec, build_model, check_adapters
 from pytest_tprune.engine.outcome import Baseline, GroupRecord, Pruned, PruneOutcome, module_lines, tensor_shapes
 from pytest_tprune.engine.recipe import make_pruner, resolve_device
-from pytest_tprune.engine.tp_internals import channel_groups, group_root, member_modules, removed_count
+from pytest_tprune.engine.tp_internals import (
+    channel_groups,
+    group_root,
+    head_layers,
+    member_modules,
+    removed_count,
+    restore_head_counts,
+)
 from pytest_tprune.engine.tp_internals.ledger import GroupLedger, close_step, note_yielded
 from pytest_tprune.errors import PruneStepError
 
@@ -81,40 +88,68 @@ def _left_whole_note(left_whole: list[LeftWhole]) -> str | None:
     return f"after leaving {len(left_whole)} group(s) whole, first {first.root}: {first.reason}"
 
 
-def _record_group(pruner: Any, group: Any, step: int) -> GroupRecord:
+def _record_group(pruner: Any, group: Any, step: int, layers: list[Any], heads: dict[Any, int]) -> GroupRecord:
+    """What ``group`` removes; ``layers`` are its attention projections, ``heads`` their counts before it.
+
+    With ``prune_num_heads`` torch-pruning lowers the group's head count (and
+    its channel grouping) before it yields the group, so the record takes
+    both from before: the grouping the group was ranked with, the heads it had.
+    """
     graph = pruner.DG
     root, direction, channels = group_root(graph, group)
+    before = [int(heads.get(m, pruner.num_heads[m])) for m in layers]
+    count = max(before, default=0)
+    removed_heads = count - max((int(pruner.num_heads[m]) for m in layers), default=0)
     return GroupRecord(
         root=root,
         direction=direction,
         channels=channels,
-        channel_groups=channel_groups(pruner, group),
+        channel_groups=max(channel_groups(pruner, group), count if removed_heads else 0),
         removed=removed_count(group),
         members=member_modules(graph, group),
         step=step,
+        heads=count,
+        kv_heads=min(before, default=0),
+        heads_removed=removed_heads,
     )
 
 
-def run_pruner(pruner: Any, steps: int, seed: int, on_group: GroupHook | None = None) -> list[GroupRecord]:
+def run_pruner(
+    pruner: Any,
+    steps: int,
+    seed: int,
+    on_group: GroupHook | None = None,
+    heads_left: dict[Any, int] | None = None,
+) -> list[GroupRecord]:
     """Prune group by group, recording each; seeds the RNG random importance draws from.
 
     ``on_group`` sees each group first; a group it declines is not pruned (nor recorded).
+    ``heads_left`` is filled with the head count of every attention projection
+    as the pruned groups left it: torch-pruning lowers its ``num_heads`` before
+    it yields a group, also for a group then refused (``check_pruning_group``)
+    or declined here, so only the counts of pruned groups are taken from it,
+    and a declined group's counts are put back for the steps after.
     """
     import random
 
     import torch
 
+    heads = heads_left if heads_left is not None else {}
+    heads.update({m: int(n) for m, n in (getattr(pruner, "num_heads", None) or {}).items()})
     records = []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         random.seed(seed)  # torch-pruning < 1.6.1's RandomImportance shuffles with Python's random
         for step in range(1, steps + 1):
             for group in pruner.step(interactive=True):
+                layers = head_layers(pruner, group)
                 if on_group is not None and not on_group(pruner, group, step):
+                    restore_head_counts(pruner, layers, heads)
                     continue
                 note_yielded(pruner, group)
-                records.append(_record_group(pruner, group, step))
+                records.append(_record_group(pruner, group, step, layers, heads))
                 prune_group(pruner, group)
+                heads.update({m: int(pruner.num_heads[m]) for m in layers})
             close_step(pruner)
     return records
 
@@ -357,10 +392,11 @@ def _prune_once(
         names[m] for m in pruner.ignored_layers if m in names and any(True for _ in m.parameters(recurse=False))
     )
     heads = {names[m]: n for m, n in pruner.num_heads.items() if m in names}
+    heads_left: dict[nn.Module, int] = {}  # what the pruned groups left, filled by run_pruner
     with clock.step("prune"):
         try:
             on_group = observe(model, pruner) if observe is not None else None
-            groups = run_pruner(pruner, config.iterative_steps, seed, on_group)
+            groups = run_pruner(pruner, config.iterative_steps, seed, on_group, heads_left)
         except Broke as failed:
             raise Broke(_fail("prune", spec, failed.error), failed.culprit) from failed.error
         except Exception as exc:
@@ -368,11 +404,15 @@ def _prune_once(
     left_whole = list(pruner.left_whole)
     ledger: GroupLedger = getattr(pruner, "tprune_ledger", None) or GroupLedger()
     del pruner
+    if not config.prune_num_heads:
+        heads_left = {}  # without head pruning the adapters keep every num_heads as it is
     with clock.step("adapt"):
         try:
-            adapted = _adapt(model, spec)
+            adapted = _adapt(model, spec, heads_left)
         except Exception as exc:
             raise _fail("adapt", spec, exc) from exc
+        if config.prune_num_heads:
+            _check_head_counts(spec, model, heads_left)
     with clock.step("count"):
         try:
             output, flop_macs = forward_with_flops(model, inputs)
@@ -396,10 +436,29 @@ def _prune_once(
     )
 
 
-def _adapt(model: nn.Module, spec: ModelSpec) -> list[str]:
+def _adapt(model: nn.Module, spec: ModelSpec, heads: dict[nn.Module, int]) -> list[str]:
     from pytest_tprune.engine.adapters import apply_adapters
 
-    return apply_adapters(model, spec.adapters)
+    return apply_adapters(model, spec.adapters, heads)
+
+
+class HeadCountMismatch(RuntimeError):
+    """An attention module's heads disagree with what torch-pruning removed (see ``head_count_problems``)."""
+
+
+def _check_head_counts(spec: ModelSpec, model: nn.Module, heads: dict[nn.Module, int]) -> None:
+    """Fail the adapt step, naming the first module, when head counts were not carried over.
+
+    Not a :class:`Broke`: leaving groups whole cannot repair an attribute the
+    adapters got wrong, and such a model's forward runs, so only this says so.
+    """
+    from pytest_tprune.engine.adapters import head_count_problems
+
+    problems = head_count_problems(model, heads)
+    if problems:
+        module, detail = problems[0]
+        more = f" (and {len(problems) - 1} more attention problem(s))" if len(problems) > 1 else ""
+        raise _fail("adapt", spec, HeadCountMismatch(f"{detail}{more}"), module)
 
 
 def _unique_messages(caught: list[warnings.WarningMessage]) -> list[str]:

@@ -3,7 +3,10 @@
 :func:`make_pruner` builds the pruner exactly as the seed script does, with
 fresh argument dicts (torch-pruning mutates its mutable defaults), the layers
 a model must keep (its classifier) and the head count of every attention
-projection.
+projection. The pruner's ``num_heads`` dict is the one passed in: with
+``prune_num_heads`` torch-pruning lowers its counts as it removes heads, and
+the adapters read the counts back from it
+(:func:`~pytest_tprune.engine.adapters.sync_head_counts`).
 """
 
 from __future__ import annotations
@@ -132,7 +135,10 @@ def pruner_arguments(
         "ignored_layers": list(ignored),
         "round_to": config.round_to,
         "isomorphic": config.isomorphic,
+        "max_pruning_ratio": config.max_pruning_ratio,
         "num_heads": dict(heads),
+        "prune_num_heads": config.prune_num_heads,
+        "head_pruning_ratio": config.head_pruning_ratio,
         "in_channel_groups": {},
         "out_channel_groups": {},
         "unwrapped_parameters": unwrapped,

@@ -5,8 +5,8 @@ retries after a broken forward, bounds walks that never close, tolerates
 mappings torch-pruning cannot build). A user who runs stock torch-pruning in
 production needs to know what *it* does with their model, so every case also
 prunes a copy with a plain ``MetaPruner``: the seed recipe's arguments
-(importance, ratio, mode, round_to, steps, classifier ignored, attention
-heads) plus the spec's own pruners and unwrapped parameters, none of this
+(importance, ratio, mode, round_to, steps, per-layer cap, classifier ignored,
+attention heads and head pruning) plus the spec's own pruners and unwrapped parameters, none of this
 project's pruners or guards, one try. The adapters run after it, as the seed
 script's attribute updates do: without them every attention model's forward
 would break on attributes any user updates by hand.
@@ -76,7 +76,7 @@ def run_stock(
     try:
         with time_limit(limit, _WHAT), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the engine's prune already recorded what torch-pruning warns about
-            offered = _prune(spec, model, inputs, config, seed)
+            offered, heads = _prune(spec, model, inputs, config, seed)
     except CaseTimeout as exc:
         if _WHAT not in str(exc):
             raise  # the case's own limit: not ours to judge
@@ -85,13 +85,14 @@ def run_stock(
         return StockRun(HANGS, f"a group walk does not close: {exc}")
     except Exception as exc:
         return StockRun(CRASHES, _described(exc))
-    broken = _forward_problem(spec, model, inputs, output_shape)
+    broken = _forward_problem(spec, model, inputs, output_shape, heads)
     return StockRun(BREAKS_FORWARD, broken, offered) if broken else StockRun(offered=offered)
 
 
 def _prune(
     spec: ModelSpec, model: nn.Module, inputs: torch.Tensor, config: PruneConfig, seed: int
-) -> list[OfferedGroup]:
+) -> tuple[list[OfferedGroup], dict[nn.Module, int]]:
+    """The groups offered, and the head counts torch-pruning left (its ``num_heads``, for the adapters)."""
     from pytest_tprune.engine.pruning import Broke, run_pruner
     from pytest_tprune.engine.recipe import pruner_arguments
     from pytest_tprune.engine.tp_internals.ledger import install_ledger
@@ -103,7 +104,7 @@ def _prune(
         run_pruner(pruner, config.iterative_steps, seed)
     except Broke as broke:
         raise broke.error from None
-    return list(ledger.offered)
+    return list(ledger.offered), dict(pruner.num_heads) if config.prune_num_heads else {}
 
 
 @cache
@@ -119,15 +120,21 @@ def _watched_pruner() -> type:
     return WatchedPruner
 
 
-def _forward_problem(spec: ModelSpec, model: nn.Module, inputs: torch.Tensor, output_shape: list[int]) -> str:
-    """What is wrong with the stock-pruned model's eval forward, or ``""``."""
+def _forward_problem(
+    spec: ModelSpec, model: nn.Module, inputs: torch.Tensor, output_shape: list[int], heads: dict[nn.Module, int]
+) -> str:
+    """What is wrong with the stock-pruned model's eval forward, or ``""``.
+
+    ``heads`` (torch-pruning's counts after pruning) are set on the attention
+    modules first, as the seed script does by hand after head pruning.
+    """
     import torch
 
     from pytest_tprune.engine.adapters import apply_adapters
     from pytest_tprune.engine.measure import eval_output, failing_module
 
     try:
-        apply_adapters(model, spec.adapters)
+        apply_adapters(model, spec.adapters, heads)
         output = eval_output(model, inputs)
     except Exception as exc:
         module = failing_module(model, inputs)

@@ -1,8 +1,8 @@
 """Which cases a run has: the model selection, the case list of each test, its shard and marks.
 
-The list is built from sorted models, ratios and modes and nothing random, so
-every xdist worker collects the same cases in the same order; a shard is
-every N-th case of that list.
+The list is built from sorted models, ratios, modes and head ratios (none by
+default) and nothing random, so every xdist worker collects the same cases in
+the same order; a shard is every N-th case of that list.
 """
 
 from __future__ import annotations
@@ -139,6 +139,11 @@ def marker_values(metafunc: pytest.Metafunc) -> dict[str, Any]:
     return values
 
 
+def head_knobs(head_ratio: float) -> dict[str, Any]:
+    """The config fields of one ``--tprune-head-ratios`` value; 0 is the plain config (no head pruning)."""
+    return {"prune_num_heads": True, "head_pruning_ratio": head_ratio} if head_ratio else {}
+
+
 def case_params(specs: dict[str, ModelSpec], settings: Settings, narrow: dict[str, Any]) -> list[Any]:
     """The sorted, sharded ``pytest.param`` list for one test function."""
     names = narrow_models(sorted(specs), narrow.get("models"), narrow.get("exclude"))
@@ -146,10 +151,11 @@ def case_params(specs: dict[str, ModelSpec], settings: Settings, narrow: dict[st
     ratios = [r for r in settings.ratios if r in wanted_ratios]
     modes = [m for m in settings.modes if m in narrow.get("modes", settings.modes)]
     cases = [
-        CaseParam(name, PruneConfig(ratio=ratio, global_pruning=mode == "global"))
+        CaseParam(name, PruneConfig(ratio=ratio, global_pruning=mode == "global", **head_knobs(heads)))
         for name in names
         for ratio in ratios
         for mode in modes
+        for heads in (0.0, *settings.head_ratios)
     ]
     if settings.shard is not None:
         index, total = settings.shard

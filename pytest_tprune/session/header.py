@@ -11,7 +11,8 @@ The rule (docs/upgrades.md, "Which guards ran"):
 * **Guards line, once a pruning case ran**: whether each engine guard is active
   on this torch-pruning needs torch-pruning imported, so it comes after the
   cases, in the tprune summary (:func:`guards_line`), and in the JSON report's
-  environment (``guards``, written by the controller, which probes for itself).
+  environment (``guards``): as the process that ran the first case found them,
+  so an xdist controller does not import torch-pruning to tell.
 """
 
 from __future__ import annotations
@@ -47,11 +48,14 @@ def versions_line(device: str) -> str:
 def guards_line(state: RunState) -> str | None:
     """``tprune guards: ...`` for the summary once a pruning case ran in this run, else None (nothing is probed).
 
-    The controller of an xdist run probes for itself: it has the workers'
-    torch-pruning installed, and the probe only imports it.
+    The line is the one the first case's process sent (``RunState.runtime``);
+    only when none did (every worker that ran a case crashed) does this
+    process probe for itself, which imports torch-pruning.
     """
     if not state.rows:
         return None
+    if state.runtime is not None:
+        return f"tprune {state.runtime['guards_line']}"
     from pytest_tprune.engine.tp_internals.guards import guard_summary
 
     return f"tprune {guard_summary()}"

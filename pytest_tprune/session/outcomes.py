@@ -28,6 +28,7 @@ from pytest_tprune.session.state import (
     CHECK_KEY,
     CRASH_ATTR,
     FIGURES_KEY,
+    RUNTIME_KEY,
     WRITTEN_KEY,
     RunState,
     one_minute_load,
@@ -128,6 +129,8 @@ def observe_report(state: RunState, report: pytest.TestReport) -> None:
         row.figures = props[FIGURES_KEY][-1]
     if props.get(CPU_KEY):
         row.cpu_time = float(props[CPU_KEY][-1])
+    if state.runtime is None and props.get(RUNTIME_KEY):
+        state.runtime = props[RUNTIME_KEY][-1]
     for path in props.get(WRITTEN_KEY, []):
         if path not in state.written:
             state.written.append(path)
@@ -237,7 +240,18 @@ def unused_goldens(state: RunState) -> list[str]:
 
 
 def _in_scope(config_id: str, settings: Settings) -> bool:
-    """Whether a golden's config id lies within the run's ratios and modes (always, unless narrowed)."""
+    """Whether a golden's config id lies within the run's ratios and modes (always, unless narrowed).
+
+    Head-pruning goldens (``-heads0.50``) are opt-in like their cases: only a
+    run with that ``--tprune-head-ratios`` value judges them.
+    """
+    import re
+
+    from pytest_tprune.engine.config import ratio_text
+
+    head = re.search(r"-heads([0-9.]+)(?:-|$)", config_id)
+    if head and head.group(1) not in {ratio_text(h) for h in settings.head_ratios}:
+        return False
     if not settings.configs_narrowed:
         return True
     ratio, _, rest = config_id.partition("-")
@@ -315,7 +329,7 @@ def run_environment(state: RunState) -> dict[str, Any]:
     from pytest_tprune.engine.identity import environment
     from pytest_tprune.reports.schema import MACHINE_LOAD_KEY
 
-    env = environment(state.settings.device)
+    env = environment(state.settings.device, state.runtime)
     load = {"start": state.load_start, "end": one_minute_load()}
     if any(value is not None for value in load.values()):
         env[MACHINE_LOAD_KEY] = load

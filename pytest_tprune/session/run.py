@@ -20,6 +20,7 @@ from pytest_tprune.session.state import (
     CHECK_KEY,
     CRASH_ATTR,
     FIGURES_KEY,
+    RUNTIME_KEY,
     STATE,
     WORKER_OUTPUT_KEY,
     WRITTEN_KEY,
@@ -120,8 +121,11 @@ def finish_case(request: pytest.FixtureRequest, case: TpruneCase) -> None:
         from pytest_tprune.engine.resources import release_memory
 
         release_memory()
+    from pytest_tprune.engine.identity import runtime_facts
+
     node, row = request.node, case.report_row()
     record(node, FIGURES_KEY, row)
+    record(node, RUNTIME_KEY, runtime_facts())
     add_junit_properties(node, FIGURES_KEY, row)
     for path in case.golden_written:
         record(node, WRITTEN_KEY, path)

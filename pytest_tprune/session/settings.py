@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_tprune.engine.config import parse_modes, parse_ratios, split_list
+from pytest_tprune.engine.config import parse_head_ratios, parse_modes, parse_ratios, split_list
 from pytest_tprune.errors import UsageError
 
 # (name, help, default, is_flag)
@@ -30,6 +30,13 @@ OPTIONS: tuple[tuple[str, str, str | None, bool], ...] = (
     ("exclude", "comma-separated names or patterns to leave out", None, False),
     ("ratios", "comma-separated pruning ratios in [0, 1) (default: 0.5)", "0.5", False),
     ("modes", "pruning modes: local, global or local,global (default: local,global)", "local,global", False),
+    (
+        "head-ratios",
+        "comma-separated head pruning ratios in (0, 1): each adds, beside every ratio and mode, a config that "
+        "also removes whole attention heads (prune_num_heads) (default: none)",
+        None,
+        False,
+    ),
     ("device", "auto (CUDA when present), cpu, cuda or cuda:N (default: auto)", "auto", False),
     ("golden-dir", "directory of golden files (default: golden/ at the rootdir)", None, False),
     ("update-golden", "write missing golden files and rewrite changed ones", None, True),
@@ -110,6 +117,8 @@ class Settings:
     """An incomplete run's report may replace a complete report at ``report`` (else it goes next to it)."""
     summary_md: Path | None = None
     """Where the controller writes the run's summary as markdown (``--tprune-summary-md``), if anywhere."""
+    head_ratios: tuple[float, ...] = ()
+    """Head pruning ratios (``--tprune-head-ratios``): each adds a head-pruning config per ratio and mode."""
 
 
 def _number(text: str, what: str, minimum: float) -> float:
@@ -164,6 +173,7 @@ def parse_settings(config: pytest.Config) -> Settings:
     timeout = _number(_text(config, "timeout", "300") or "300", "timeout", 0)
     shard = _text(config, "shard", None)
     seed = _text(config, "seed", "0") or "0"
+    head_ratios = _text(config, "head-ratios", None)
     if not seed.isdigit():
         raise UsageError(f"--tprune-seed expects a non-negative integer, got {seed!r}")
     return Settings(
@@ -185,6 +195,7 @@ def parse_settings(config: pytest.Config) -> Settings:
         configs_narrowed=_raw(config, "ratios")[1] or _raw(config, "modes")[1],
         report_replace_complete=_flag(config, "report-replace-complete"),
         summary_md=_path(config, "summary-md"),
+        head_ratios=tuple(parse_head_ratios(head_ratios)) if head_ratios else (),
     )
 
 

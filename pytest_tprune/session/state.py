@@ -31,6 +31,8 @@ WRITTEN_KEY = "tprune_golden_written"
 """A golden file the case wrote (one entry per file)."""
 CHECK_KEY = "tprune_check"
 """The check that failed: a check's name, ``prune:<step>`` or ``timeout``."""
+RUNTIME_KEY = "tprune_runtime"
+"""What the process that ran the case found: the engine guards' status and CUDA (:func:`identity.runtime_facts`)."""
 WORKER_OUTPUT_KEY = "tprune"
 """The ``workeroutput`` entry holding what a worker collected."""
 CRASH_ATTR = "_tprune_crash"
@@ -83,6 +85,9 @@ class RunState:
     """pytest's rootdir: failure messages in the report name paths relative to it."""
     load_start: float | None = None
     """The machine's 1-minute load average when the run started (None where the OS has none)."""
+    runtime: dict[str, Any] | None = None
+    """The guards and CUDA facts of the first process that ran a case (``RUNTIME_KEY``): what the summary and
+    the report say, so an xdist controller never imports torch-pruning to find them out (None: no case ran)."""
 
 
 def one_minute_load() -> float | None:

@@ -106,17 +106,51 @@ def _in_float64(model: nn.Module) -> Iterator[None]:
     """``model``'s floating tensors in float64 for the duration, then each back in its own dtype.
 
     Exact both ways (float64 holds every float32, float16 and bfloat16 value), and
-    cheaper than a deep copy of a large model.
+    cheaper than a deep copy of a large model. Besides parameters and buffers
+    this covers floating tensors a module keeps as plain attributes (timm
+    1.0.20's ConViT caches ``rel_indices`` that way), which ``Module.double()``
+    misses: they are restored as the very objects they were.
     """
     tensors = [t for t in [*model.parameters(), *model.buffers()] if t.is_floating_point()]
     dtypes = [t.dtype for t in tensors]
+    plain = _plain_float_attributes(model)
     for t in tensors:
         t.data = t.data.double()
+    for module, name, value in plain:
+        setattr(module, name, value.double())
     try:
         yield
     finally:
         for t, dtype in zip(tensors, dtypes, strict=True):
             t.data = t.data.to(dtype)
+        for module, name, value in plain:
+            setattr(module, name, value)
+
+
+@contextmanager
+def _default_float64() -> Iterator[None]:
+    """torch's default dtype float64 for the duration: tensors a forward creates (timm 1.0.20's ConViT
+    rebuilds ``rel_indices`` with ``torch.zeros`` when the token count changes) match the converted weights."""
+    import torch
+
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(before)
+
+
+def _plain_float_attributes(model: nn.Module) -> list[tuple[nn.Module, str, torch.Tensor]]:
+    """Floating tensors held as plain module attributes (neither parameter nor buffer), with their owners."""
+    import torch
+
+    return [
+        (module, name, value)
+        for module in model.modules()
+        for name, value in vars(module).items()
+        if isinstance(value, torch.Tensor) and not isinstance(value, torch.nn.Parameter) and value.is_floating_point()
+    ]
 
 
 @contextmanager
@@ -134,9 +168,10 @@ def _soft_error(hard: nn.Module, soft: nn.Module, inputs: torch.Tensor) -> float
     """``max|hard - soft| / (1 + max|soft|)`` in float64; infinite when shapes differ or values are not finite."""
     import torch
 
-    with _in_float64(hard):  # converted in place and back (exact): the pruned model is checked further
+    with _default_float64(), _in_float64(hard):  # converted in place and back (exact): checked further
         a = eval_output(hard, inputs.double())
-    b = eval_output(soft.double(), inputs.double())  # soft_prune's own copy
+    with _default_float64(), _in_float64(soft):  # soft_prune's own copy
+        b = eval_output(soft, inputs.double())
     if a.shape != b.shape:
         return float("inf")
     if not (bool(torch.isfinite(a).all()) and bool(torch.isfinite(b).all())):

@@ -20,6 +20,7 @@ from pytest_tprune.engine.tp_internals.graph import (
     current_step,
     dotted_name,
     group_root,
+    head_layers,
     is_out_channels,
     item_width,
     member_modules,
@@ -32,6 +33,7 @@ from pytest_tprune.engine.tp_internals.graph import (
     pruning_dim,
     removed_count,
     removed_indices,
+    restore_head_counts,
     root_key,
 )
 from pytest_tprune.engine.tp_internals.guards import (
@@ -60,6 +62,7 @@ __all__ = [
     "group_root",
     "guard_status",
     "guard_summary",
+    "head_layers",
     "is_out_channels",
     "item_width",
     "member_modules",
@@ -73,6 +76,7 @@ __all__ = [
     "removed_count",
     "removed_indices",
     "reprobe",
+    "restore_head_counts",
     "root_key",
     "tolerant_index_mappings",
 ]

@@ -62,6 +62,37 @@ def channel_groups(pruner: Any, group: Any) -> int:
     return int(get_groups(group)) if callable(get_groups) else 1
 
 
+def head_layers(pruner: Any, group: Any) -> list[Any]:
+    """The group's attention projections: members in the pruner's ``num_heads`` pruned along their outputs.
+
+    torch-pruning's own test (``_is_atten_group``), read from its public
+    ``num_heads`` dict so that a renamed private method does not hide them.
+    """
+    heads = getattr(pruner, "num_heads", None) or {}
+    graph = pruner.DG
+    layers = [dep.target.module for dep, _ in group if dep.target.module in heads]
+    return [m for m in dict.fromkeys(layers) if _prunes_outputs_of(graph, group, m)]
+
+
+def restore_head_counts(pruner: Any, layers: Iterable[Any], counts: dict[Any, int]) -> None:
+    """Put back the head counts (and channel grouping) torch-pruning lowered for a group that was not pruned.
+
+    torch-pruning updates ``num_heads`` and ``out_channel_groups`` before it
+    yields an attention group; a group the caller then declines would leave
+    the later steps ranking heads that are still there as removed.
+    """
+    groups = getattr(pruner, "out_channel_groups", None)
+    for layer in layers:
+        if layer in counts:
+            pruner.num_heads[layer] = counts[layer]
+            if isinstance(groups, dict) and layer in groups:
+                groups[layer] = counts[layer]
+
+
+def _prunes_outputs_of(graph: Any, group: Any, module: Any) -> bool:
+    return any(dep.target.module is module and graph.is_out_channel_pruning_fn(dep.handler) for dep, _ in group)
+
+
 def member_modules(graph: Any, group: Any) -> list[str]:
     """Sorted dotted names of the modules a group's members belong to (``?`` for an unnamed one)."""
     names = graph._module2name
