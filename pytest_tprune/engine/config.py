@@ -11,6 +11,7 @@ cap) appear only when set, so every existing golden keeps its dict and its id.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -175,16 +176,23 @@ def split_list(text: str, what: str) -> list[str]:
     return items
 
 
-def parse_ratios(text: str) -> list[float]:
-    """``"0.3,0.5"`` -> ``[0.3, 0.5]``, sorted and de-duplicated for stable collection."""
-    ratios = []
-    for item in split_list(text, "ratio"):
+def _parse_numbers(text: str, what: str, example: str, check: Callable[[float], object]) -> list[float]:
+    """A comma-separated list of numbers, each passed to ``check`` (which raises a UsageError), sorted and
+    de-duplicated for stable collection; ``example`` is the hint a non-number gets."""
+    values = []
+    for item in split_list(text, what):
         try:
             value = float(item)
         except ValueError:
-            raise UsageError(f"ratio {item!r} is not a number: give values in [0, 1) such as '0.3,0.5'") from None
-        ratios.append(check_ratio(value))
-    return sorted(set(ratios))
+            raise UsageError(f"{what} {item!r} is not a number: give values {example}") from None
+        check(value)
+        values.append(value)
+    return sorted(set(values))
+
+
+def parse_ratios(text: str) -> list[float]:
+    """``"0.3,0.5"`` -> ``[0.3, 0.5]``, sorted and de-duplicated for stable collection."""
+    return _parse_numbers(text, "ratio", "in [0, 1) such as '0.3,0.5'", check_ratio)
 
 
 def parse_modes(text: str) -> list[str]:
@@ -201,12 +209,6 @@ def parse_modes(text: str) -> list[str]:
 
 def parse_head_ratios(text: str) -> list[float]:
     """``"0.25,0.5"`` -> ``[0.25, 0.5]``: head pruning ratios, each in (0, 1), sorted and de-duplicated."""
-    ratios = []
-    for item in split_list(text, "head ratio"):
-        try:
-            value = float(item)
-        except ValueError:
-            raise UsageError(f"head ratio {item!r} is not a number: give values in (0, 1) such as '0.25,0.5'") from None
-        check_head_pruning(True, value)
-        ratios.append(value)
-    return sorted(set(ratios))
+    return _parse_numbers(
+        text, "head ratio", "in (0, 1) such as '0.25,0.5'", lambda value: check_head_pruning(True, value)
+    )
