@@ -161,6 +161,7 @@ def test_a_golden_mismatch_keeps_its_diff_with_relative_paths(
     old, new = project.path / "old.json", project.path / "new.json"
     written = project.runpytest(*ONE_CASE, "--tprune-update-golden", f"--tprune-report={old}")
     assert written.ret == 0, written.stdout.str()
+    assert json.loads(old.read_text())["golden_written"] == ["golden/test_resnet/r0.50-local.json"]
     golden = project.path / "golden" / "test_resnet" / "r0.50-local.json"
     module = tamper(golden)["module"]
     failed = project.runpytest(*ONE_CASE, f"--tprune-report={new}")

@@ -191,3 +191,38 @@ def test_a_corrupted_golden_fails_in_one_line_and_update_rewrites_it(project: py
 
     assert project.runpytest(*ONE_CASE, "--tprune-update-golden").ret == 0
     assert path.read_text(encoding="utf-8") == made  # rewritten, byte for byte what this version makes
+
+
+LAYERNORM_2_1 = "LayerNorm((96,), eps=1e-06, elementwise_affine=True)"
+LAYERNORM_LATER = "LayerNorm((96,), eps=1e-06, elementwise_affine=True, bias=True)"
+
+
+@pytest.mark.parametrize(
+    ("expected", "obtained", "same"),
+    [
+        (LAYERNORM_LATER, LAYERNORM_2_1, True),  # torch 2.1 does not print bias=True
+        (LAYERNORM_2_1, LAYERNORM_LATER, True),
+        (LAYERNORM_LATER, LAYERNORM_2_1.replace("96", "48"), False),  # a width change stays a mismatch
+        (LAYERNORM_LATER, LAYERNORM_LATER.replace("1e-06", "1e-05"), False),  # so does a changed value
+        ("Conv2d(3, 8, kernel_size=(3, 3))", "Conv2d(3, 4, kernel_size=(3, 3))", False),
+        ("BatchNorm2d(8, eps=1e-05)", "BatchNormAct2d(8, eps=1e-05)", False),  # a renamed type
+        (LAYERNORM_LATER, None, False),  # a module that disappeared
+    ],
+)
+def test_only_a_print_out_change_of_a_module_line_is_tolerated(expected: str, obtained: str | None, same: bool) -> None:
+    assert golden.print_only(expected, obtained) is same
+
+
+def test_a_golden_made_under_another_torch_print_out_still_fails_on_a_real_width_change() -> None:
+    expected = {"figures": {}, "modules": {"norm": LAYERNORM_LATER, "fc": "Linear(in_features=96, out_features=48)"}}
+    obtained = {
+        "figures": {},
+        "modules": {"norm": LAYERNORM_2_1, "fc": "Linear(in_features=96, out_features=40)"},
+        "shapes": {},
+        "output_shape": None,
+        "input_size": None,
+        "config": None,
+    }
+    expected.update({"shapes": {}, "output_shape": None, "input_size": None, "config": None})
+    diff = golden.diff_golden(expected, obtained)
+    assert [name for name, _, _ in diff.modules] == ["fc"]

@@ -30,13 +30,18 @@ if TYPE_CHECKING:
     from torch import nn
 
     from pytest_tprune.checks.channels import ChannelReport
+    from pytest_tprune.checks.export import ExportReport
     from pytest_tprune.engine.outcome import Pruned, PruneOutcome
 
-CHECKS = ("forward", "shapes", "groups", "equivalence", "golden", "reduction")
-"""Every check, in the order ``check_all()`` runs them."""
-DEFAULT_CHECKS = CHECKS
-"""What runs unless ``--tprune-checks`` says otherwise: every check. ``equivalence`` costs one more prune of a
-perturbed copy per uniform case (figures in benchmarks/RESULTS.md); leave it out with ``--tprune-checks``."""
+CHECKS = ("forward", "shapes", "groups", "equivalence", "export", "golden", "reduction")
+"""Every check, in the order ``check_all()`` runs them (``export`` before ``golden``, which records its outcomes)."""
+OPT_IN_CHECKS = ("export",)
+"""Checks that run only when ``--tprune-checks`` names them: ``export`` exports every case three ways (about
+0.5 s a tiny model, more with onnx)."""
+DEFAULT_CHECKS = tuple(c for c in CHECKS if c not in OPT_IN_CHECKS)
+"""What runs unless ``--tprune-checks`` says otherwise: every check but the opt-in ones. ``equivalence`` costs one
+more prune of a perturbed copy per uniform case (figures in benchmarks/RESULTS.md); leave it out with
+``--tprune-checks``."""
 
 
 @dataclass
@@ -49,6 +54,8 @@ class CaseSettings:
     seed: int = DEFAULT_SEED
     timeout: float | None = None
     checks: tuple[str, ...] = DEFAULT_CHECKS
+    latency: bool = True
+    """Measure the unpruned and pruned forward latency for the report (:mod:`pytest_tprune.engine.latency`)."""
 
 
 @dataclass
@@ -62,6 +69,8 @@ class TpruneCase:
     channels: ChannelReport | None = None
     """What the equivalence check covered (groups checked, unchecked with reasons, save/load, worst error)."""
     golden_written: list[str] = field(default_factory=list)
+    export: ExportReport | None = None
+    """What each exporter did with the pruned model, when the export check ran."""
 
     def __repr__(self) -> str:
         return f"<TpruneCase {self.case_id} on {self.settings.device}>"
@@ -252,10 +261,11 @@ class TpruneCase:
         with self._timed("golden"):
             versions = library_versions()
             channels = self.channels.golden() if self.channels is not None else None
-            content = golden.golden_content(self.outcome, versions, channels, self.stock)
+            exported = self.export.golden() if self.export is not None else None
+            content = golden.golden_content(self.outcome, versions, channels, self.stock, exported)
             path = golden.golden_path(self.settings.golden_dir, self.spec.name, self.config.config_id)
             if self.settings.update_golden:
-                content = golden.carry_channels(content, path)
+                content = golden.carry_export(golden.carry_channels(content, path), path)
                 if not golden.same_content(path, content):
                     try:
                         golden.write_golden(path, content)  # atomic: a failed write leaves no file behind
@@ -284,6 +294,72 @@ class TpruneCase:
                 f"{self.case_id} differs from {path}:\n{golden.render_diff(diff, expected, versions)}\n"
                 "if the change is intended, rewrite it with --tprune-update-golden and review the diff",
             )
+
+    def check_export(self) -> None:
+        """The pruned model exports with ``torch.export`` and ``torch.jit.trace`` (and ONNX where installed), and
+        each artifact computes the eager output within atol 1e-4 + rtol 1e-4; an exporter the unpruned model
+        fails too is recorded, not failed (:mod:`pytest_tprune.checks.export`)."""
+        __tracebackhide__ = True
+        self._fail_on_problems("export", self._export_problems)
+
+    def _export_problems(self) -> list[str]:
+        """Exports once per case: a test that calls ``check_export()`` before ``check_all()`` (so that the
+        golden records it) does not pay twice when ``--tprune-checks`` names it too."""
+        from pytest_tprune.checks.export import export_report
+
+        if self.export is not None:
+            return self.export.problems
+        pruned = self.pruned
+        self.export = export_report(pruned.model, pruned.inputs, self._eager_output(), self._unpruned_for_export)
+        return self.export.problems
+
+    def _eager_output(self) -> Any:
+        """The pruned model's eval output now: the counting pass's (``Pruned.output``) unless the forward
+        check's train-mode pass has since moved BatchNorm's running statistics, then one fresh eval forward."""
+        import torch
+
+        from pytest_tprune.engine.measure import output_tensor
+
+        pruned = self.pruned
+        if "forward" not in self.check_times:
+            return pruned.output
+        pruned.model.eval()
+        with torch.no_grad():
+            return output_tensor(pruned.model(pruned.inputs))
+
+    def _unpruned_for_export(self) -> tuple[nn.Module, Any]:
+        """A deep copy of the pristine model on the case's device, with its eval output: only a failing
+        exporter asks, to tell a pruning fault from a model the exporter never handled."""
+        pruned = self.pruned
+        model = copy.deepcopy(STORE.pristine(self.spec, self.settings.seed).model).to(pruned.inputs.device)
+        return model.eval(), pruned.base_output
+
+    @cached_property
+    def latency(self) -> dict[str, Any] | None:
+        """Eager forward latency of the unpruned and the pruned model at batch 1 (:mod:`pytest_tprune.engine.latency`).
+
+        The unpruned figure is measured once per model, seed and device per worker and kept with the
+        pristine model, on a deep copy (a forward can leave caches in a model). The pruned model is timed
+        in place: the case runs this last, from its report row. Reported, never asserted.
+        """
+        from pytest_tprune.engine import latency
+
+        if not self.settings.latency or not self.has_pruned:
+            return None
+        pruned = self.pruned
+        start = time.perf_counter()
+        try:
+            pristine = STORE.pristine(self.spec, self.settings.seed)
+            device = str(pruned.inputs.device)
+            if device not in pristine.latencies:
+                model = copy.deepcopy(pristine.model).to(pruned.inputs.device)
+                pristine.latencies[device] = latency.measure(model, pruned.inputs)
+                del model
+            return latency.latency_row(pristine.latencies[device], latency.measure(pruned.model, pruned.inputs))
+        except Exception as exc:  # a model that runs once but not under inference_mode: say so, do not fail
+            return {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]}
+        finally:
+            self.check_times["latency"] = time.perf_counter() - start
 
     def check_reduction(self) -> None:
         """Params and MACs strictly decrease for ratio > 0 and stay in the rule's band."""
@@ -359,6 +435,8 @@ class TpruneCase:
             "groups_left_whole": len(out.left_whole),
             "group_accounting": group_accounting(out),
             **({"equivalence": self.channels.summary()} if self.channels is not None else {}),
+            **({"export": self.export.summary()} if self.export is not None else {}),
+            **({"latency": self.latency} if self.latency is not None else {}),
             "stock": self.stock,
             "device": out.device,
             "peak_rss_mb": peak_rss_mb(),

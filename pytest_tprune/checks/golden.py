@@ -36,6 +36,7 @@ def golden_content(
     versions: dict[str, str],
     channels: dict[str, Any] | None = None,
     stock: dict[str, Any] | None = None,
+    export: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The golden for an outcome; key order is fixed so files diff cleanly.
 
@@ -44,7 +45,9 @@ def golden_content(
     the check out neither compares nor drops that block (:func:`carry_channels`).
     ``stock`` is the stock verdict (:mod:`pytest_tprune.checks.stock`); only
     its verdict is compared, its detail names lines of torch-pruning's source,
-    which move with every release.
+    which move with every release. ``export`` is each available exporter's
+    status (:mod:`pytest_tprune.checks.export`), when the ``export`` check ran:
+    written, compared and carried over like ``channels`` (:func:`carry_export`).
     """
     config = outcome.prune_config
     note = (
@@ -73,6 +76,8 @@ def golden_content(
         content["left_whole"] = {f"{lw.root} ({lw.direction})": lw.reason for lw in outcome.left_whole}
     if channels is not None:
         content["channels"] = channels
+    if export is not None:
+        content["export"] = export
     return content
 
 
@@ -91,6 +96,41 @@ def carry_channels(content: dict[str, Any], path: Path) -> dict[str, Any]:
     return {**content, "channels": previous} if previous is not None else content
 
 
+def carry_export(content: dict[str, Any], path: Path) -> dict[str, Any]:
+    """``content`` with the existing golden's ``export`` entries for every exporter this run did not record.
+
+    A run that leaves the ``export`` check out keeps the whole block, and a run
+    where an optional exporter (onnx) is not installed keeps that exporter's
+    entry, so the golden never depends on what the last machine to write it had.
+    """
+    try:
+        previous = read_golden(path).get("export")
+    except GoldenError:
+        return content
+    if not isinstance(previous, dict):
+        return content
+    obtained = content.get("export")
+    if obtained is None:
+        return {**content, "export": previous}
+    return {**content, "export": {**previous, **obtained}}
+
+
+def export_changes(expected: dict[str, Any], obtained: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(exporter, golden, obtained) for each exporter this run recorded whose status differs from the golden.
+
+    An optional exporter (onnx) is compared only where the golden records it:
+    installing onnxruntime must not fail goldens written without it.
+    """
+    from pytest_tprune.checks.export import OPTIONAL_EXPORTERS
+
+    golden = expected.get("export") or {}
+    return [
+        (name, golden.get(name), status)
+        for name, status in obtained["export"].items()
+        if golden.get(name) != status and (name in golden or name not in OPTIONAL_EXPORTERS)
+    ]
+
+
 def dumps(content: dict[str, Any]) -> str:
     """JSON with one entry per line and short lists (shapes) kept on their line."""
     text = json.dumps(content, indent=1)
@@ -106,7 +146,7 @@ def write_golden(path: Path, content: dict[str, Any]) -> None:
 
 REQUIRED = ("model", "config_id", "config", "input_size", "versions", "figures", "output_shape", "modules", "shapes")
 """Keys every golden holds: what the comparison reads, and the versions it reports."""
-OBJECTS = ("config", "versions", "figures", "modules", "shapes", "left_whole", "channels", "stock")
+OBJECTS = ("config", "versions", "figures", "modules", "shapes", "left_whole", "channels", "stock", "export")
 """Keys whose value is looked up by name, so must be a JSON object."""
 JSON_TYPES = {dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number"}
 
@@ -220,6 +260,45 @@ def _keyed_diff(expected: dict[str, Any], obtained: dict[str, Any]) -> list[tupl
     return [(k, expected.get(k), obtained.get(k)) for k in keys if expected.get(k) != obtained.get(k)]
 
 
+def print_only(expected: str | None, obtained: str | None) -> bool:
+    """Whether two module lines differ only in keywords one torch release prints and another omits.
+
+    torch 2.1 prints ``LayerNorm((96,), eps=1e-06, elementwise_affine=True)``
+    where later releases add ``bias=True``: the module and its tensors are the
+    same, only its print-out grew. A line is print-only changed when the type
+    is the same and every ``key=value`` token the two sides share is equal, so
+    a changed width, a changed value or a renamed type is still a mismatch, and
+    the tensor shapes (compared apart, exactly) catch what a print-out omits.
+    """
+    if expected is None or obtained is None:
+        return False
+    old_type, old_args = _split_line(expected)
+    new_type, new_args = _split_line(obtained)
+    if old_type != new_type or [a for a in old_args if "=" not in a] != [a for a in new_args if "=" not in a]:
+        return False
+    old_kw, new_kw = _keywords(old_args), _keywords(new_args)
+    return all(old_kw[k] == new_kw[k] for k in old_kw.keys() & new_kw.keys())
+
+
+def _split_line(line: str) -> tuple[str, list[str]]:
+    """``Conv2d(3, 8, kernel_size=(3, 3))`` -> ``("Conv2d", ["3", "8", "kernel_size=(3, 3)"])``."""
+    name, _, rest = line.partition("(")
+    args, depth, current = [], 0, ""
+    for char in rest[:-1] if rest.endswith(")") else rest:
+        depth += char in "([{"
+        depth -= char in ")]}"
+        if char == "," and depth == 0:
+            args.append(current.strip())
+            current = ""
+        else:
+            current += char
+    return name, [a for a in [*args, current.strip()] if a]
+
+
+def _keywords(args: list[str]) -> dict[str, str]:
+    return dict(a.split("=", 1) for a in args if "=" in a)
+
+
 def _flat(block: Any) -> dict[str, Any]:
     """A block with nested objects spelled ``outer.inner``, so a diff names the one entry that changed."""
     if not isinstance(block, dict):
@@ -242,11 +321,13 @@ def diff_golden(expected: dict[str, Any], obtained: dict[str, Any]) -> GoldenDif
     if "channels" in obtained:  # compared only when this run checked channels
         channels = _keyed_diff(_flat(expected.get("channels", {})), _flat(obtained["channels"]))
         figures += [(f"channels {name}", old, new) for name, old, new in channels]
+    if "export" in obtained:  # compared only when this run checked exporting
+        figures += [(f"export {name}", old, new) for name, old, new in export_changes(expected, obtained)]
     for key in ("output_shape", "input_size", "config"):
         if expected.get(key) != obtained[key]:
             figures.append((key, expected.get(key), obtained[key]))
     return GoldenDiff(
-        modules=_keyed_diff(expected.get("modules", {}), obtained["modules"]),
+        modules=[d for d in _keyed_diff(expected.get("modules", {}), obtained["modules"]) if not print_only(*d[1:])],
         shapes=_keyed_diff(expected.get("shapes", {}), obtained["shapes"]),
         figures=figures,
         left_whole=_keyed_diff(expected.get("left_whole", {}), obtained.get("left_whole", {})),

@@ -16,7 +16,13 @@ from typing import Any
 
 from pytest_tprune.cli.base import Parser, emit, fail, parse_or_status
 from pytest_tprune.errors import EXIT_FAILED, EXIT_OK
-from pytest_tprune.reports.compare import DEFAULT_DURATION_FACTOR, FORMATS, MIN_DURATION_DELTA, compare_reports
+from pytest_tprune.reports.compare import (
+    DEFAULT_DURATION_FACTOR,
+    DEFAULT_SPEEDUP_DROP,
+    FORMATS,
+    MIN_DURATION_DELTA,
+    compare_reports,
+)
 from pytest_tprune.reports.fallbacks import DEFAULT_KEPT_TOLERANCE
 from pytest_tprune.reports.schema import ReportError, load_report
 
@@ -47,11 +53,21 @@ def compare_parser() -> argparse.ArgumentParser:
         help="how much a case's kept fraction of params or MACs may grow before it is a regression: absolute, "
         f"in [0, 1) (default {DEFAULT_KEPT_TOLERANCE:g}, i.e. one percentage point); a smaller one never is",
     )
+    parser.add_argument(
+        "--speedup-drop",
+        type=float,
+        default=DEFAULT_SPEEDUP_DROP,
+        metavar="FRACTION",
+        help="show cases whose measured speed-up (unpruned / pruned latency) fell by more than this, relative, "
+        f"in (0, 1) (default {DEFAULT_SPEEDUP_DROP:g}); shown apart, never a regression",
+    )
     return parser
 
 
 def compare_main(argv: Sequence[str]) -> int:
-    """``tprune compare OLD.json NEW.json [--format F] [--duration-threshold X] [--kept-tolerance T]``.
+    """``tprune compare OLD NEW [--format F] [--duration-threshold X] [--kept-tolerance T] [--speedup-drop D]``.
+
+    A speed-up drop (``--speedup-drop``) is shown apart and never changes the exit status.
 
     0 no regression; 1 regressed or a report is incomplete (the comparison is
     still printed, with a line naming the incomplete report); 2 bad input.
@@ -69,9 +85,13 @@ def compare_main(argv: Sequence[str]) -> int:
             f"--kept-tolerance must be a fraction in [0, 1), e.g. 0.01 for one percentage point, "
             f"got {args.kept_tolerance:g}",
         )
+    if not 0 < args.speedup_drop < 1:
+        return fail(
+            "tprune compare", f"--speedup-drop must be a fraction in (0, 1), e.g. 0.25, got {args.speedup_drop:g}"
+        )
     try:
         old, new = load_report(args.old), load_report(args.new)
-        comparison = compare_reports(old, new, args.duration_threshold, args.kept_tolerance)
+        comparison = compare_reports(old, new, args.duration_threshold, args.kept_tolerance, args.speedup_drop)
     except ReportError as err:
         return fail("tprune compare", str(err))
     emit(RENDERERS[args.format](comparison))

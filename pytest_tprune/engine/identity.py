@@ -23,7 +23,7 @@ GUARDED_LIBRARIES = ("torch", "timm", "torch-pruning")
 """The libraries whose behaviour the suite guards: recorded in every golden and report."""
 
 TESTED_RANGES: dict[str, tuple[str, str]] = {
-    "torch": ("2.15.0", "2.15.0"),
+    "torch": ("2.1.2", "2.15.0"),
     "timm": ("1.0.20", "1.0.31"),
     "torch-pruning": ("1.5.3", "1.6.1"),
 }

@@ -9,7 +9,7 @@ correctness checks can lean on.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -49,7 +49,8 @@ def forward_with_flops(model: nn.Module, inputs: torch.Tensor) -> tuple[Any, int
 
 def _make_flop_counter() -> Any:
     from torch.utils._python_dispatch import TorchDispatchMode
-    from torch.utils.flop_counter import flop_registry
+
+    count = _flop_formula()
 
     class FlopSum(TorchDispatchMode):
         """Sums the FLOPs of every aten op that has a formula, nothing else."""
@@ -59,12 +60,45 @@ def _make_flop_counter() -> Any:
         def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
             kwargs = kwargs or {}
             out = func(*args, **kwargs)
-            formula = flop_registry.get(func._overloadpacket)
-            if formula is not None:
-                self.flops += formula(*args, **kwargs, out_val=out)
+            self.flops += count(func._overloadpacket, args, kwargs, out)
             return out
 
     return FlopSum()
+
+
+FlopFormula = Callable[[Any, Any, dict[str, Any], Any], int]
+
+
+def _flop_formula() -> FlopFormula:
+    """``(op, args, kwargs, out) -> FLOPs`` (0 for an op without a formula), from whichever table torch has.
+
+    torch >= 2.2 keeps ``flop_registry``, whose formulas take the output as
+    ``out_val``; torch 2.1 keeps ``flop_mapping``, whose formulas take shapes.
+    Detected by what the module holds, so both count the same formulas.
+    """
+    from torch.utils import flop_counter
+
+    registry = getattr(flop_counter, "flop_registry", None)
+    if registry is not None:
+
+        def with_values(op: Any, args: Any, kwargs: dict[str, Any], out: Any) -> int:
+            formula = registry.get(op)
+            return int(formula(*args, **kwargs, out_val=out)) if formula is not None else 0
+
+        return with_values
+    from torch.utils._pytree import tree_map
+
+    mapping = flop_counter.flop_mapping  # type: ignore[attr-defined]  # torch 2.1 only
+    get_shape = flop_counter.get_shape
+
+    def with_shapes(op: Any, args: Any, kwargs: dict[str, Any], out: Any) -> int:
+        formula = mapping.get(op)
+        if formula is None:
+            return 0
+        shape_args, shape_kwargs, out_shape = tree_map(get_shape, (args, kwargs, out))
+        return int(formula(*shape_args, **shape_kwargs, out_shape=out_shape))
+
+    return with_shapes
 
 
 def output_tensor(output: Any) -> torch.Tensor:

@@ -27,6 +27,7 @@ from pytest_tprune.errors import CaseTimeout
 if TYPE_CHECKING:
     from torch import nn
 
+    from pytest_tprune.engine.latency import Timing
     from pytest_tprune.engine.outcome import Baseline
 
 
@@ -38,6 +39,8 @@ class Pristine:
     model: nn.Module
     spec: ModelSpec
     baselines: dict[str, Baseline] = field(default_factory=dict)  # by device
+    latencies: dict[str, Timing] = field(default_factory=dict)
+    """The unpruned model's forward latency by device (:mod:`pytest_tprune.engine.latency`), measured once."""
     derived: dict[str, Any] = field(default_factory=dict)
     """What other layers derive once per model and share across its configs (the checks' perturbed copy)."""
     _unreached: frozenset[str] | None = None

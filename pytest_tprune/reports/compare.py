@@ -19,7 +19,11 @@ torch-pruning set and the candidate upgrade) and groups what differs:
 * **appeared**: cases of NEW that OLD does not have;
 * **durations**: cases at least FACTOR times slower or faster, by at least a second,
   shown with their CPU time and each run's machine load, which say whether
-  the two wall times are comparable; never a regression.
+  the two wall times are comparable; never a regression;
+* **speed-up drops**: cases whose measured speed-up of the pruned model over
+  the unpruned one (``latency.speedup``, eager, batch 1) fell by more than
+  ``--speedup-drop`` (default 25%), shown apart from the groups above and
+  never deciding the exit status: latency is as noisy as the machine.
 
 Exit status: 1 when anything regressed (a regression, a case absorbed by fallbacks or a disappeared case)
 or when either report is incomplete (an interrupted run lists only the cases
@@ -55,6 +59,8 @@ FORMATS = ("text", "markdown", "json")
 COMPARE_SCHEMA = 1  # version of the ``--format json`` document
 DEFAULT_DURATION_FACTOR = 2.0
 MIN_DURATION_DELTA = 1.0  # seconds: a duration change below this is noise, whatever its factor
+DEFAULT_SPEEDUP_DROP = 0.25
+"""How much a case's speed-up may fall (relative: 2.0x -> 1.5x is 25%) before compare shows it."""
 
 # The raw figures compared, with their labels: both MAC counters, as the report has them.
 FIGURES: tuple[tuple[str, str], ...] = (
@@ -217,6 +223,20 @@ class DurationChange:
         return math.inf if self.old == 0 else self.new / self.old
 
 
+@dataclass(frozen=True)
+class SpeedupChange:
+    """A case whose pruned-over-unpruned speed-up fell by more than the threshold, with both latency rows."""
+
+    case: CaseChange
+    old: dict[str, Any]
+    new: dict[str, Any]
+
+    @property
+    def drop(self) -> float:
+        """The relative fall of the speed-up: 0.4 when 2.0x became 1.2x."""
+        return 1 - float(self.new["speedup"]) / float(self.old["speedup"])
+
+
 @dataclass
 class Comparison:
     """Everything ``compare`` reports, grouped; :attr:`regressed` decides the exit status."""
@@ -242,6 +262,9 @@ class Comparison:
     durations: list[DurationChange] = field(default_factory=list)
     incomplete: list[tuple[str, str]] = field(default_factory=list)
     """(path, why) of each report whose run did not finish: the comparison cannot be trusted."""
+    speedup_drop: float = DEFAULT_SPEEDUP_DROP
+    speedups: list[SpeedupChange] = field(default_factory=list)
+    """Cases whose speed-up fell by more than ``speedup_drop``: shown apart, not a group, never the exit status."""
 
     @property
     def regressed(self) -> bool:
@@ -321,6 +344,25 @@ def largest_step_change(old: Any, new: Any) -> tuple[str | None, float]:
     return step, deltas[step]
 
 
+def _speedup(case: Case) -> dict[str, Any] | None:
+    """The case's ``latency`` row when it has a positive speed-up, else None (not measured, or an error)."""
+    latency = case.get("latency")
+    if not isinstance(latency, dict):
+        return None
+    value = _number(latency.get("speedup"))
+    return latency if value is not None and value > 0 else None
+
+
+def speedup_change(case: CaseChange, threshold: float) -> SpeedupChange | None:
+    """A :class:`SpeedupChange` when both reports measured the case and its speed-up fell by more than ``threshold``."""
+    assert case.old is not None and case.new is not None
+    before, after = _speedup(case.old), _speedup(case.new)
+    if before is None or after is None:
+        return None
+    change = SpeedupChange(case, before, after)
+    return change if change.drop > threshold + 1e-12 else None
+
+
 def _env_order(name: str) -> tuple[int, str]:
     return (ENV_ORDER.index(name) if name in ENV_ORDER else len(ENV_ORDER), name)
 
@@ -341,6 +383,7 @@ def compare_reports(
     new: Report,
     duration_factor: float = DEFAULT_DURATION_FACTOR,
     kept_tolerance: float = DEFAULT_KEPT_TOLERANCE,
+    speedup_drop: float = DEFAULT_SPEEDUP_DROP,
 ) -> Comparison:
     """Match the cases of two reports by (model, config_id) and sort every difference into its group."""
     ambiguous = ambiguous_pairs(old, new)
@@ -361,6 +404,7 @@ def compare_reports(
         kept_tolerance=kept_tolerance,
         load=(old.environment.get(MACHINE_LOAD_KEY), new.environment.get(MACHINE_LOAD_KEY)),
         incomplete=[(r.path, r.incomplete_reason) for r in (old, new) if not r.complete],
+        speedup_drop=speedup_drop,
     )
     for key in sorted(before.keys() | after.keys()):
         case = CaseChange(key, before.get(key), after.get(key))
@@ -373,6 +417,7 @@ def compare_reports(
     result.appeared.sort(key=lambda c: (c.new is None or c.new["outcome"] not in FAILING, c.key))
     result.figures.sort(key=lambda f: (-f.largest, f.case.key))
     result.durations.sort(key=lambda d: (-abs(d.new - d.old), d.case.key))
+    result.speedups.sort(key=lambda d: (-d.drop, d.case.key))
     return result
 
 
@@ -393,3 +438,6 @@ def sort_common_case(result: Comparison, case: CaseChange) -> None:
     duration = duration_change(case, result.duration_factor)
     if duration is not None:
         result.durations.append(duration)
+    speedup = speedup_change(case, result.speedup_drop)
+    if speedup is not None:
+        result.speedups.append(speedup)

@@ -12,7 +12,11 @@ in both reports:
   tolerance: a kept fraction that shrank is never a regression;
 * the stock verdict (``stock.verdict``, ranked by
   :data:`~pytest_tprune.reports.schema.STOCK_VERDICTS`): worse is a
-  regression, better is good news.
+  regression, better is good news;
+* each exporter's status (``export``, from the opt-in ``export`` check): one
+  that was ``ok`` and is now anything else but ``not available`` is a
+  regression, even where the case passes because the unpruned model stopped
+  exporting too (the pruned model no longer deploys either way).
 
 Anything absent on either side is not compared. Standard library only.
 """
@@ -39,7 +43,7 @@ class Finding:
     """One thing that got worse (or, for a stock verdict, better) in one case: what, before, after, and why."""
 
     kind: str
-    """``groups``, ``kept`` or ``stock``."""
+    """``groups``, ``kept``, ``stock`` or ``export``."""
     what: str
     old: Any
     new: Any
@@ -131,9 +135,32 @@ def stock_got_worse(finding: Finding) -> bool:
     return STOCK_VERDICTS.index(finding.new) > STOCK_VERDICTS.index(finding.old)
 
 
+def export_statuses(case: Case) -> dict[str, tuple[str, str]]:
+    """Exporter -> (status, message) of the case's ``export`` row; empty when the export check did not run."""
+    export = case.get("export")
+    if not isinstance(export, dict):
+        return {}
+    found = {}
+    for name, entry in export.items():
+        if isinstance(entry, dict) and isinstance(entry.get("status"), str):
+            found[str(name)] = (entry["status"], str(entry.get("message") or ""))
+    return found
+
+
+def export_findings(old: Case, new: Case) -> list[Finding]:
+    """Exporters that were ``ok`` in OLD and fail in NEW (an exporter not available on either side is not compared)."""
+    before, after = export_statuses(old), export_statuses(new)
+    found = []
+    for name in sorted(before.keys() & after.keys()):
+        status, message = after[name]
+        if before[name][0] == "ok" and status not in ("ok", "not available"):
+            found.append(Finding("export", f"export {name}", "ok", status, message))
+    return found
+
+
 def fallback_findings(old: Case, new: Case, tolerance: float) -> tuple[list[Finding], Finding | None]:
     """(what got worse, a stock verdict that got better) for one case present in both reports."""
-    worse = group_findings(old, new) + kept_findings(old, new, tolerance)
+    worse = group_findings(old, new) + kept_findings(old, new, tolerance) + export_findings(old, new)
     stock = stock_finding(old, new)
     if stock is not None and stock_got_worse(stock):
         return [*worse, stock], None

@@ -19,6 +19,7 @@ from pytest_tprune.reports.compare import (
     DurationChange,
     FallbackChange,
     FiguresChange,
+    SpeedupChange,
 )
 from pytest_tprune.reports.fallbacks import Finding
 from pytest_tprune.reports.schema import FAILING, Case
@@ -135,6 +136,8 @@ def unchanged_line(comparison: Comparison, quote: Callable[[str], str] = str) ->
 def summary_line(comparison: Comparison) -> str:
     """``REGRESSED: 1 newly failing, 1 disappeared, ...``: the verdict and the non-empty groups."""
     parts = [f"{n} {SUMMARY_WORDS[name]}" for name, n in comparison.counts().items() if n]
+    if comparison.speedups:
+        parts.append(f"{len(comparison.speedups)} with a speed-up drop")
     verdict = comparison.verdict.upper()
     details = ", ".join(parts) if parts else "no differences"
     return f"{verdict}: {details} ({comparison.compared} cases in both reports)"
@@ -149,6 +152,42 @@ def incomplete_line(comparison: Comparison) -> str | None:
         f"INCOMPLETE report: {which}: it lists only the cases that finished, "
         "so this comparison cannot be trusted (exit status 1)"
     )
+
+
+def speedup_title(comparison: Comparison) -> str:
+    return (
+        f"Speed-up drops: fell by more than {comparison.speedup_drop:.0%} (not regressions, "
+        f"latency is as noisy as the machine) ({len(comparison.speedups)})"
+    )
+
+
+def fmt_speedup(change: SpeedupChange) -> str:
+    """``2.09x -> 1.20x (-42.6%)``: the speed-up of the pruned model over the unpruned one, before and after."""
+    return f"{change.old['speedup']:.2f}x -> {change.new['speedup']:.2f}x (-{change.drop:.1%})"
+
+
+def fmt_latency(row: dict[str, Any]) -> str:
+    """``5.85 -> 2.80 ms``: unpruned -> pruned forward time of one report's row."""
+
+    def ms(value: Any) -> str:
+        return f"{value:.2f}" if isinstance(value, int | float) else "?"
+
+    return f"{ms(row.get('unpruned_ms'))} -> {ms(row.get('pruned_ms'))} ms"
+
+
+def speedup_lines(comparison: Comparison) -> list[str]:
+    """The speed-up section of the text output, apart from the groups; nothing when no speed-up fell."""
+    if not comparison.speedups:
+        return []
+    lines = ["", speedup_title(comparison)]
+    for change in comparison.speedups:
+        threads = change.new.get("threads")
+        lines.append(
+            f"  {change.case.label}: {fmt_speedup(change)}; old {fmt_latency(change.old)}, "
+            f"new {fmt_latency(change.new)} (batch {change.new.get('batch')}, {threads} thread(s))"
+        )
+    load = load_line(comparison)
+    return [*lines, f"  {load}"] if load else lines
 
 
 def duration_title(comparison: Comparison) -> str:
@@ -228,6 +267,7 @@ def render_text(comparison: Comparison) -> str:
                 lines += text_fallback_lines(item)
             else:
                 lines += text_case_lines(item, with_detail=name in DETAIL_GROUPS)
+    lines += speedup_lines(comparison)
     lines += ["", summary_line(comparison)]
     return "\n".join(lines) + "\n"
 
@@ -354,6 +394,20 @@ def render_markdown(comparison: Comparison) -> str:
         lines += ["", f"**Settings differ:** {name} `{fmt_value(old)}` -> `{fmt_value(new)}`"]
     for name, title in GROUPS:
         lines += md_section(comparison, name, title)
+    if comparison.speedups:
+        rows = [
+            [
+                md_case(c.case),
+                f"{c.old['speedup']:.2f}x",
+                f"{c.new['speedup']:.2f}x",
+                f"-{c.drop:.1%}",
+                fmt_latency(c.old),
+                fmt_latency(c.new),
+            ]
+            for c in comparison.speedups
+        ]
+        header = ["case", "speed-up before", "after", "drop", "old unpruned -> pruned", "new unpruned -> pruned"]
+        lines += ["", f"### {speedup_title(comparison)}", "", *md_table(header, rows)]
     return "\n".join(lines) + "\n"
 
 
@@ -426,6 +480,7 @@ def render_json(comparison: Comparison) -> str:
         "duration_factor": comparison.duration_factor,
         "min_duration_delta": MIN_DURATION_DELTA,
         "kept_tolerance": comparison.kept_tolerance,
+        "speedup_drop": comparison.speedup_drop,
         "load": {"old": comparison.load[0], "new": comparison.load[1]},
     }
     for name, _ in GROUPS:
@@ -438,6 +493,9 @@ def render_json(comparison: Comparison) -> str:
             document[name] = [json_fallback(i) for i in items]
         else:
             document[name] = [json_case(i) for i in items]
+    document["speedups"] = [
+        {**json_case(c.case), "old": c.old, "new": c.new, "drop": round(c.drop, 6)} for c in comparison.speedups
+    ]
     return json.dumps(document, indent=1) + "\n"
 
 

@@ -33,9 +33,16 @@ def outcome_text(row: CaseRow) -> str:
     return row.outcome + (f" ({row.failed_check})" if row.failed_check else "")
 
 
+def speedup_text(figures: dict[str, Any]) -> str:
+    """The speed-up column: unpruned / pruned eager latency at batch 1 (``2.09x``), ``-`` where not measured."""
+    latency = figures.get("latency")
+    value = latency.get("speedup") if isinstance(latency, dict) else None
+    return f"{value:.2f}x" if isinstance(value, int | float) and not isinstance(value, bool) else "-"
+
+
 def summary_table(rows: list[CaseRow]) -> list[str]:
-    """One line per case: model, config, params and MACs before -> after, kept %, outcome."""
-    header = f"{'model':<28} {'config':<16} {'params M':>19} {'MACs G':>19} {'kept':>7}  outcome"
+    """One line per case: model, config, params and MACs before -> after, kept %, speed-up, outcome."""
+    header = f"{'model':<28} {'config':<16} {'params M':>19} {'MACs G':>19} {'kept':>7} {'speedup':>7}  outcome"
     lines = [header, "-" * len(header)]
     for row in sorted(rows, key=lambda r: (r.model, r.config_id, r.nodeid)):
         f = row.figures
@@ -43,7 +50,10 @@ def summary_table(rows: list[CaseRow]) -> list[str]:
         macs = f"{_millions(f.get('macs_before'), 1e9)} -> {_millions(f.get('macs_after'), 1e9)}"
         kept = f"{f['kept_params']:.1%}" if "kept_params" in f else "-"
         outcome = outcome_text(row)
-        lines.append(f"{row.model:<28.28} {row.config_id:<16} {params:>19} {macs:>19} {kept:>7}  {outcome}")
+        speedup = speedup_text(f)
+        lines.append(
+            f"{row.model:<28.28} {row.config_id:<16} {params:>19} {macs:>19} {kept:>7} {speedup:>7}  {outcome}"
+        )
     lines.append(outcome_counts(rows))
     return lines
 

@@ -8,6 +8,7 @@ only when xdist is loaded.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -104,6 +105,7 @@ def start_case(request: pytest.FixtureRequest) -> TpruneCase:
             seed=settings.seed,
             timeout=_timeout(spec, param, settings.timeout),
             checks=settings.checks,
+            latency=settings.latency,
         ),
     )
     identity = {"model": param.model, "config_id": param.config.config_id, "config": param.config.to_dict()}
@@ -128,8 +130,18 @@ def finish_case(request: pytest.FixtureRequest, case: TpruneCase) -> None:
     record(node, RUNTIME_KEY, runtime_facts())
     add_junit_properties(node, FIGURES_KEY, row)
     for path in case.golden_written:
-        record(node, WRITTEN_KEY, path)
-        add_junit_properties(node, WRITTEN_KEY, path)
+        shown = rootdir_relative(path, request.config.rootpath)
+        record(node, WRITTEN_KEY, shown)
+        add_junit_properties(node, WRITTEN_KEY, shown)
+
+
+def rootdir_relative(path: str, rootdir: Path) -> str:
+    """A written golden's path as reports show it: relative to the rootdir when under it, so a committed report
+    names the same files on every checkout (absolute where the golden directory lies elsewhere)."""
+    try:
+        return Path(path).resolve().relative_to(rootdir.resolve()).as_posix()
+    except ValueError:
+        return path
 
 
 def _timeout(spec: ModelSpec, param: CaseParam, configured: float | None) -> float | None:

@@ -63,11 +63,18 @@ OPTIONS: tuple[tuple[str, str, str | None, bool], ...] = (
     ("seed", "seed of weight init and inputs (default: 0)", "0", False),
     (
         "checks",
-        "checks check_all() runs, from forward,shapes,groups,equivalence,golden,reduction "
-        "(default: all); "
+        "checks check_all() runs, from forward,shapes,groups,equivalence,export,golden,reduction "
+        "(default: all but export, which is opt-in); "
         "e.g. 'forward,shapes,reduction' for a zoo sweep without goldens",
         None,
         False,
+    ),
+    (
+        "no-latency",
+        "do not time each case's unpruned and pruned forward for the report's speed-up (default: time it, "
+        "about a twentieth of the grid's time; never asserted)",
+        None,
+        True,
     ),
 )
 
@@ -119,6 +126,8 @@ class Settings:
     """Where the controller writes the run's summary as markdown (``--tprune-summary-md``), if anywhere."""
     head_ratios: tuple[float, ...] = ()
     """Head pruning ratios (``--tprune-head-ratios``): each adds a head-pruning config per ratio and mode."""
+    latency: bool = True
+    """Time each case's unpruned and pruned forward for the report (off with ``--tprune-no-latency``)."""
 
 
 def _number(text: str, what: str, minimum: float) -> float:
@@ -196,6 +205,7 @@ def parse_settings(config: pytest.Config) -> Settings:
         report_replace_complete=_flag(config, "report-replace-complete"),
         summary_md=_path(config, "summary-md"),
         head_ratios=tuple(parse_head_ratios(head_ratios)) if head_ratios else (),
+        latency=not _flag(config, "no-latency"),
     )
 
 
