@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "downstream"
+"""The downstream example project, copied into a pytester directory by the ``example`` fixture."""
 
 
 @pytest.fixture
@@ -18,3 +24,22 @@ def project(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytes
             monkeypatch.delenv(name)
     pytester.makefile(".toml", pyproject="[tool.pytest.ini_options]\n")
     return pytester
+
+
+@pytest.fixture
+def example(pytester: pytest.Pytester) -> Path:
+    """A copy of examples/downstream as the pytester project (caches left out)."""
+    ignore = shutil.ignore_patterns("__pycache__", ".pytest_cache")
+    shutil.copytree(EXAMPLE, pytester.path, dirs_exist_ok=True, ignore=ignore)
+    return pytester.path
+
+
+@pytest.fixture
+def isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """In-process runs: a fresh model registry, and no pristine model kept from another run."""
+    from pytest_tprune.engine import models, resources
+
+    monkeypatch.setattr(models, "_REGISTERED", {})
+    resources.STORE.clear()
+    yield
+    resources.STORE.clear()

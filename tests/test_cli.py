@@ -87,3 +87,14 @@ def test_tree_diff_marks_only_changed_lines() -> None:
     after = "M(\n  (a): Linear(4, 4)\n  (b): ReLU()\n)"
     assert tree_diff(before, after).splitlines()[1] == "  (a): Linear(4, 8) => (a): Linear(4, 4)"
     assert tree_diff(before, after).splitlines()[2] == "  (b): ReLU()"
+
+
+def test_the_heads_line_says_what_the_module_tree_cannot() -> None:
+    from pytest_tprune.cli.prune import heads_line
+
+    same = {f"blocks.{i}.attn": [12, 6, 32] for i in range(12)}
+    assert heads_line(same) == "Heads: 12 => 6 (head_dim 32) in 12 attention module(s)"
+    mixed = {**same, "blocks.11.attn": [12, 12, 32]}
+    assert heads_line(mixed) == (
+        "Heads: 12 => 6 (head_dim 32) in 11 attention module(s); 12 => 12 (head_dim 32) in 1 attention module(s)"
+    )

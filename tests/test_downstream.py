@@ -1,6 +1,7 @@
 """A downstream project (examples/downstream) adds its own models: end to end with pytester.
 
-The example runs as users run it, in a subprocess, without and with xdist;
+The example (copied by conftest.py's ``example`` fixture) runs as users run
+it, in a subprocess, without and with xdist;
 a width change fails exactly its model's cases. The bad-spec errors run
 in-process (no import cost) with the registry and the worker's model store
 isolated, since both are module globals that outlive an in-process run.
@@ -11,10 +12,9 @@ from __future__ import annotations
 import errno
 import os
 import re
-import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -26,18 +26,11 @@ import torch
 import torch_pruning  # noqa: F401
 
 from pytest_tprune import ModelSpec, UsageError, add_model, register_model
-from pytest_tprune.engine import models, resources
+from pytest_tprune.engine import models
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "downstream"
 CNN_FACTORY = "return AcmeCNN(widths=(16, 32))"
 QUIET = ("-p", "no:cacheprovider")
 ONE_CASE = ("--tprune-ratios=0.5", "--tprune-modes=local")
-
-
-def copy_example(pytester: pytest.Pytester) -> Path:
-    ignore = shutil.ignore_patterns("__pycache__", ".pytest_cache")
-    shutil.copytree(EXAMPLE, pytester.path, dirs_exist_ok=True, ignore=ignore)
-    return pytester.path
 
 
 def goldens(root: Path) -> dict[str, bytes]:
@@ -55,37 +48,26 @@ def change_cnn_width(root: Path) -> None:
     source.write_text(text.replace(CNN_FACTORY, "return AcmeCNN(widths=(16, 24))"))
 
 
-@pytest.fixture
-def example(pytester: pytest.Pytester) -> Path:
-    return copy_example(pytester)
-
-
-@pytest.fixture
-def isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """In-process runs: a fresh model registry, and no pristine model kept from another run."""
-    monkeypatch.setattr(models, "_REGISTERED", {})
-    resources.STORE.clear()
-    yield
-    resources.STORE.clear()
-
-
 def test_import_stays_free_of_torch_and_exports_the_api() -> None:
     code = (
         "import sys, pytest_tprune as t\n"
         "assert {'torch', 'timm', 'torch_pruning'}.isdisjoint(sys.modules), sorted(sys.modules)\n"
-        "assert all(callable(getattr(t, n)) for n in ('register_model', 'register_adapter', 'register_pruner'))\n"
+        "assert all(callable(getattr(t, n)) for n in ('register_model', 'register_pruner', 'prune'))\n"
+        "assert all(hasattr(t, n) for n in t.__all__), [n for n in t.__all__ if not hasattr(t, n)]\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_example_passes_without_and_with_xdist_and_keeps_its_goldens(example: Path, pytester: pytest.Pytester) -> None:
     before = goldens(example)
-    assert len([name for name in before if name.endswith(".json")]) == 8
+    assert len([name for name in before if name.endswith(".json")]) == 12
     for extra in ((), ("-n", "2")):
         result = pytester.runpytest_subprocess(*QUIET, *extra, timeout=300)
         assert result.ret == 0, result.stdout.str()
-        result.assert_outcomes(passed=8)
-        result.stdout.fnmatch_lines(["*acme_attn*r0.50-local*passed*", "*acme_cnn*r0.30-global*passed*"])
+        result.assert_outcomes(passed=12)
+        result.stdout.fnmatch_lines(
+            ["*acme_attn *r0.50-local*passed*", "*acme_attn_l1*r0.30-local*passed*", "*acme_cnn*r0.30-global*passed*"]
+        )
         assert goldens(example) == before
 
 
@@ -94,7 +76,7 @@ def test_changed_width_fails_exactly_that_models_cases(example: Path, pytester: 
     change_cnn_width(example)
     result = pytester.runpytest_subprocess(*QUIET, timeout=300)
     assert result.ret == 1
-    result.assert_outcomes(passed=4, failed=4)
+    result.assert_outcomes(passed=8, failed=4)
     assert failed_ids(result) == [f"acme_cnn-r{r}-{m}" for r in ("0.30", "0.50") for m in ("global", "local")]
     result.stdout.fnmatch_lines(
         [

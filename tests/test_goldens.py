@@ -226,3 +226,13 @@ def test_a_golden_made_under_another_torch_print_out_still_fails_on_a_real_width
     expected.update({"shapes": {}, "output_shape": None, "input_size": None, "config": None})
     diff = golden.diff_golden(expected, obtained)
     assert [name for name, _, _ in diff.modules] == ["fc"]
+
+
+def test_a_changed_head_count_is_a_golden_mismatch_naming_the_attention_module() -> None:
+    """Attention modules hold no tensors: only the ``heads`` block shows 6 heads became 4 at the same widths."""
+    base = {"figures": {}, "modules": {}, "shapes": {}, "output_shape": None, "input_size": None, "config": None}
+    expected = {**base, "heads": {"blocks.0.attn": [12, 6, 32], "blocks.1.attn": [12, 6, 32]}}
+    obtained = {**base, "heads": {"blocks.0.attn": [12, 6, 32], "blocks.1.attn": [12, 4, 48]}}
+    diff = golden.diff_golden(expected, obtained)
+    assert diff.figures == [("heads blocks.1.attn [before, after, head_dim]", [12, 6, 32], [12, 4, 48])]
+    assert not golden.diff_golden(expected, expected)

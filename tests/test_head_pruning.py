@@ -150,6 +150,30 @@ def test_head_ratios_option_adds_head_cases_only_when_given(project: pytest.Pyte
     assert bad.ret != 0 and "removes no heads" in bad.stderr.str() + bad.stdout.str()
 
 
+def test_marker_knobs_give_a_test_its_own_configs_and_bad_knobs_say_what_to_use(project: pytest.Pytester) -> None:
+    project.makepyfile(
+        test_cases="import pytest\n\n\n"
+        "@pytest.mark.tprune(knobs=[{'round_to': 8}, {'prune_num_heads': True, 'head_pruning_ratio': 0.5}])\n"
+        "def test_knobs(tprune_case):\n    pass\n"
+    )
+    base = ("--tprune-models=test_vit", "--tprune-ratios=0.5", "--tprune-modes=local", "--collect-only", "-q")
+    ids = re.findall(r"test_knobs\[([^\]]+)\]", project.runpytest(*base).stdout.str())
+    assert ids == ["test_vit-r0.50-local-round8", "test_vit-r0.50-local-heads0.50"]
+    # with --tprune-head-ratios: the knob that already prunes heads is not doubled
+    ids = re.findall(r"test_knobs\[([^\]]+)\]", project.runpytest(*base, "--tprune-head-ratios=0.5").stdout.str())
+    assert ids == [
+        "test_vit-r0.50-local-round8",
+        "test_vit-r0.50-local-round8-heads0.50",
+        "test_vit-r0.50-local-heads0.50",
+    ]
+    for knobs, message in (("[{'ratio': 0.3}]", "ratio cannot be set per test"), ("[{'round_to': 0}]", "round_to")):
+        marker = f"@pytest.mark.tprune(knobs={knobs})"
+        project.makepyfile(test_cases=f"import pytest\n\n\n{marker}\ndef test_knobs(tprune_case):\n    pass\n")
+        bad = project.runpytest(*base)
+        assert bad.ret != 0 and "tprune marker knobs" in bad.stderr.str() + bad.stdout.str()
+        assert message in bad.stderr.str() + bad.stdout.str()
+
+
 # --- strategies: opt-in, defaults unchanged -------------------------------------------------------------------------
 
 
@@ -291,6 +315,7 @@ def test_vit_base_cli_prunes_six_of_twelve_heads_per_block(
     assert out.count(qkv) == 12, "every block's qkv: 384 in (embedding halved), 3 x 6 heads x 32 out"
     assert re.search(r"^MACs: 4\.4138 G => \d+\.\d{4} G$", out, re.M)
     assert re.search(r"^Params: 88\.2242 M => \d+\.\d{4} M$", out, re.M)
+    assert out.rstrip().endswith("\nHeads: 12 => 6 (head_dim 32) in 12 attention module(s)")
     (result,) = results
     attentions = _attentions(result.model)
     assert len(attentions) == 12

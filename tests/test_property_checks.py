@@ -77,7 +77,7 @@ def test_strategy_arguments_are_validated() -> None:
     with pytest.raises(ValueError, match="modes"):
         prune_configs(modes=("sideways",))
     with pytest.raises(ValueError, match="importances"):
-        prune_configs(importances=("taylor",))
+        prune_configs(importances=("gradient",))
 
 
 # -- perturbation --------------------------------------------------------------------------------------------------

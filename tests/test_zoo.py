@@ -8,6 +8,11 @@ tests below split that selection by cost:
 
 * ``test_prune``: the tiny models and ViT-B/32 over the full grid, 0.3 (where
   ``round_to`` and head rounding bite) and 0.5, uniform and global;
+* ``test_recipe_knobs``: the same models at 0.3 uniform with ``round_to=8``
+  (kept widths floored to multiples of 8), and with Taylor importance
+  (gradients of a seeded batch's loss);
+* ``test_heads``: the ViTs at 0.5 uniform removing half their heads whole
+  (``prune_num_heads``, ``head_pruning_ratio=0.5``);
 * ``test_family``: one case per family, 0.5 uniform, the rest of the zoo;
 * ``test_model``: any other selected model (zoo mode, ``--tprune-models='*'``),
   at the run's ratios and modes; the default selection leaves it empty.
@@ -24,10 +29,25 @@ import pytest
 from pytest_tprune.case import TpruneCase
 
 GRID_MODELS = ["test_*", "vit_base_patch32_224"]
+ATTENTION_MODELS = ["test_vit*", "vit_base_patch32_224"]
 
 
 @pytest.mark.tprune(models=GRID_MODELS)
 def test_prune(tprune_case: TpruneCase) -> None:
+    tprune_case.check_all()
+
+
+RECIPE_KNOBS = [{"round_to": 8}, {"importance": "taylor"}]
+HEAD_KNOBS = [{"prune_num_heads": True, "head_pruning_ratio": 0.5}]
+
+
+@pytest.mark.tprune(models=GRID_MODELS, ratios=[0.3], modes=["local"], knobs=RECIPE_KNOBS)
+def test_recipe_knobs(tprune_case: TpruneCase) -> None:
+    tprune_case.check_all()
+
+
+@pytest.mark.tprune(models=ATTENTION_MODELS, ratios=[0.5], modes=["local"], knobs=HEAD_KNOBS)
+def test_heads(tprune_case: TpruneCase) -> None:
     tprune_case.check_all()
 
 

@@ -42,7 +42,7 @@ def skipped_among(
     for group in offered:
         if (group.root, group.direction) in left_whole:
             continue  # the engine left it whole, with its reason: not silent
-        if group.fate == ledger.NO_DOWNSTREAM_ROOT or (
+        if group.fate in (ledger.NO_DOWNSTREAM_ROOT, ledger.NOT_PRUNED) or (
             group.fate == ledger.NOT_YIELDED and _rule_removes(group, config, initial, yielding_steps)
         ):
             skipped.append(group)

@@ -227,8 +227,17 @@ class TpruneCase:
         too narrow with its reason: none was silently skipped (:mod:`pytest_tprune.checks.accounting`)."""
         __tracebackhide__ = True
         from pytest_tprune.checks.accounting import skipped_groups, skipped_message
+        from pytest_tprune.engine.custom import unobserved_groups
 
         self.pruned  # noqa: B018 - prune first, under its own time limit
+        unseen = unobserved_groups(self.outcome.recipe)
+        if unseen:
+            raise CheckFailed(
+                "groups",
+                f"{unseen}: none of its groups can be accounted for, so a group it skipped would pass unseen; "
+                "prune through a torch_pruning MetaPruner (its step() or step(interactive=True)), or leave "
+                "'groups' out of --tprune-checks for this run",
+            )
         with self._timed("groups"):
             skipped = skipped_groups(self.outcome)
         if skipped:

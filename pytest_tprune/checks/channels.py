@@ -135,7 +135,11 @@ def right_channels(spec: ModelSpec, pristine: Pristine, config: PruneConfig, see
         ranked, head_problems, head_notes = (
             _without_dead_heads(recorded) if config.prune_num_heads else (recorded, [], [])
         )
-        problems += [f"criterion: {p}" for p in head_problems + props.criterion_problems(ranked)]
+        own_ranking = spec.prune_function is not None or spec.pruner_arguments is not None
+        criterion = [] if own_ranking else props.criterion_problems(ranked)
+        if own_ranking:  # the config's importance names the seed recipe's criterion, not the project's
+            head_notes.append("criterion: the model's own recipe ranks channels by its own importance")
+        problems += [f"criterion: {p}" for p in head_problems + criterion]
         unsupported = pristine.derived.setdefault("save_load_unsupported", {})
         trips = props.save_load_round_trips(recorded.model, base, batch, unsupported=unsupported)
         problems += [f"save/load: {p}" for p in trips.problems]

@@ -61,6 +61,7 @@ def golden_content(
         "model": outcome.model,
         "config": outcome.config,
         "config_id": config.config_id,
+        **({"recipe": outcome.recipe} if outcome.recipe else {}),
         "input_size": outcome.input_size,
         "device_note": note,
         "made_on": "cuda" if outcome.device.startswith("cuda") else "cpu",
@@ -69,6 +70,7 @@ def golden_content(
         "groups": group_accounting(outcome),
         **({"stock": stock} if stock is not None else {}),
         "output_shape": outcome.output_shape_after,
+        **({"heads": outcome.attention} if outcome.attention else {}),
         "modules": outcome.modules_after,
         "shapes": outcome.shapes_after,
     }
@@ -326,6 +328,10 @@ def diff_golden(expected: dict[str, Any], obtained: dict[str, Any]) -> GoldenDif
     for key in ("output_shape", "input_size", "config"):
         if expected.get(key) != obtained[key]:
             figures.append((key, expected.get(key), obtained[key]))
+    heads = _keyed_diff(expected.get("heads", {}), obtained.get("heads", {}))
+    figures += [(f"heads {name} [before, after, head_dim]", old, new) for name, old, new in heads]
+    recipe = _keyed_diff(_flat(expected.get("recipe", {})), _flat(obtained.get("recipe", {})))
+    figures += [(f"recipe {name}", old, new) for name, old, new in recipe]
     return GoldenDiff(
         modules=[d for d in _keyed_diff(expected.get("modules", {}), obtained["modules"]) if not print_only(*d[1:])],
         shapes=_keyed_diff(expected.get("shapes", {}), obtained["shapes"]),

@@ -34,7 +34,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from pytest_tprune.engine.config import DEFAULT_SEED, IMPORTANCES, MODES, PruneConfig
+from pytest_tprune.engine.config import DEFAULT_SEED, IMPORTANCES, MAGNITUDE_IMPORTANCES, MODES, PruneConfig
 
 if TYPE_CHECKING:
     from hypothesis.strategies import DrawFn, SearchStrategy
@@ -100,7 +100,7 @@ def prune_configs(
     *,
     ratio: SearchStrategy[float] | float | None = None,
     modes: Sequence[str] = MODES,
-    importances: Sequence[str] = IMPORTANCES,
+    importances: Sequence[str] = MAGNITUDE_IMPORTANCES,
     round_to: Sequence[int | None] = ROUND_TO,
     iterative_steps: tuple[int, int] = (1, 3),
     isomorphic: Sequence[bool] = (False, True),
@@ -111,7 +111,8 @@ def prune_configs(
 
     Each argument narrows one knob: ``ratio`` is a strategy (default
     :func:`ratios`) or a fixed value; ``modes`` any of ``local`` (uniform) and
-    ``global``; ``importances`` among ``l2, l1, lamp, fpgm, random``;
+    ``global``; ``importances`` among ``l2, l1, lamp, fpgm, random`` (the default) and the
+    gradient criteria ``taylor, hessian`` (opt-in: each costs a backward per step);
     ``round_to`` values (``None`` means no rounding); ``iterative_steps`` an
     inclusive range; ``isomorphic`` the values drawn when the mode is global
     (it is always off in uniform mode, which torch-pruning requires).

@@ -192,7 +192,25 @@ def run_prune(args: argparse.Namespace) -> int:
     print(tree_diff(result.tree_before, result.tree_after))
     print()
     print(figures((out.macs_before, out.macs_after), (out.params_before, out.params_after)))
+    if out.attention:
+        print(heads_line(out.attention))
     return EXIT_OK
+
+
+def heads_line(attention: dict[str, list[int]]) -> str:
+    """``Heads: 12 => 6 (head_dim 32) in 12 attention module(s)``: what the module tree cannot show.
+
+    Printed after the seed's figures, only with ``--prune_num_heads``; attention
+    modules that ended differently get a clause each, most common first.
+    """
+    from collections import Counter
+
+    counts = Counter(tuple(v) for v in attention.values())
+    parts = [
+        f"{before} => {after}{f' (head_dim {dim})' if dim else ''} in {n} attention module(s)"
+        for (before, after, dim), n in sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    ]
+    return "Heads: " + "; ".join(parts)
 
 
 def main(argv: Sequence[str]) -> int:

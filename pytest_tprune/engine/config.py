@@ -17,8 +17,12 @@ from typing import Any
 
 from pytest_tprune.errors import UsageError
 
-IMPORTANCES = ("l2", "l1", "lamp", "fpgm", "random")
-"""Deterministic importance criteria; ``l2`` is the seed's ``GroupNormImportance``."""
+MAGNITUDE_IMPORTANCES = ("l2", "l1", "lamp", "fpgm", "random")
+"""Criteria that read only the weights; ``l2`` is the seed's ``GroupNormImportance``."""
+GRADIENT_IMPORTANCES = ("taylor", "hessian")
+"""Criteria that read gradients: the engine backpropagates a seeded batch's loss before each step
+(:mod:`pytest_tprune.engine.gradients`), so a case replays exactly."""
+IMPORTANCES = MAGNITUDE_IMPORTANCES + GRADIENT_IMPORTANCES
 
 MODES = ("local", "global")
 DEFAULT_SEED = 0

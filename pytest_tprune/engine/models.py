@@ -52,6 +52,12 @@ class ModelSpec:
     reduction_band_reason: str = ""
     known_failure: str | Mapping[str, str | None] | None = None
     param_count: int | None = None
+    pruner_arguments: Callable[[nn.Module], Mapping[str, Any]] | None = None
+    """Extra ``MetaPruner`` keyword arguments over the seed recipe's (``round_to``, ``importance``,
+    ``in_channel_groups``...), from the freshly built model: the project's own recipe, run by the engine."""
+    prune_function: Callable[[nn.Module, torch.Tensor, Any], nn.Module | None] | None = None
+    """``(model, example_inputs, config) -> pruned model`` run instead of the engine's recipe
+    (:mod:`pytest_tprune.engine.custom`): every check applies to what it returns."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
@@ -61,6 +67,13 @@ class ModelSpec:
             )
         if not callable(self.factory):
             raise UsageError(f"model '{self.name}': factory must be a callable returning an nn.Module")
+        for what in ("pruner_arguments", "prune_function"):
+            if getattr(self, what) is not None and not callable(getattr(self, what)):
+                raise UsageError(
+                    f"model '{self.name}': {what} must be a callable taking the model"
+                    + (", the example inputs and the config" if what == "prune_function" else "")
+                    + f", got {type(getattr(self, what)).__name__}"
+                )
         size = tuple(self.input_size) if isinstance(self.input_size, Iterable) else ()
         if not size or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in size):
             raise UsageError(
@@ -117,7 +130,7 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
-def _user_frame(exc: BaseException) -> str:
+def user_frame(exc: BaseException) -> str:
     """`` (file:line in function)`` of the innermost frame outside installed libraries."""
     frames = [
         f
@@ -127,7 +140,7 @@ def _user_frame(exc: BaseException) -> str:
     return f" ({frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name})" if frames else ""
 
 
-def _origin(fn: Any) -> str:
+def origin(fn: Any) -> str:
     return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
 
 
@@ -149,14 +162,14 @@ def build_model(spec: ModelSpec, seed: int) -> nn.Module:
             model = spec.factory()
         except Exception as exc:
             message = (
-                f"build failed for model '{spec.name}': its factory {_origin(spec.factory)} raised "
-                f"{_first_line(exc)}{_user_frame(exc)}: fix the factory so that calling it with no "
+                f"build failed for model '{spec.name}': its factory {origin(spec.factory)} raised "
+                f"{_first_line(exc)}{user_frame(exc)}: fix the factory so that calling it with no "
                 "arguments returns the model"
             )
             raise ModelSpecError("build", spec.name, exc, message) from None
     if not isinstance(model, torch.nn.Module):
         message = (
-            f"build failed for model '{spec.name}': its factory {_origin(spec.factory)} returned "
+            f"build failed for model '{spec.name}': its factory {origin(spec.factory)} returned "
             f"{type(model).__name__}, not a torch.nn.Module: return the model instance"
         )
         raise ModelSpecError("build", spec.name, TypeError(message), message)
@@ -195,7 +208,7 @@ def check_example_inputs(spec: ModelSpec, model: nn.Module, seed: int) -> None:
         except Exception as exc:
             message = (
                 f"build failed for model '{spec.name}': its example_inputs({batch}, generator) raised "
-                f"{_first_line(exc)}{_user_frame(exc)}: it must return a batch of {batch} input(s)"
+                f"{_first_line(exc)}{user_frame(exc)}: it must return a batch of {batch} input(s)"
             )
             raise ModelSpecError("build", spec.name, exc, message) from None
         try:
@@ -322,7 +335,7 @@ _REGISTERED: dict[str, ModelSpec] = {}
 def _definition(factory: Any) -> tuple[str, ...]:
     """Where a factory is defined: a module imported again re-registers, not duplicates."""
     code = getattr(factory, "__code__", None)
-    where = (code.co_filename, str(code.co_firstlineno)) if code is not None else (_origin(factory),)
+    where = (code.co_filename, str(code.co_firstlineno)) if code is not None else (origin(factory),)
     return (*where, getattr(factory, "__qualname__", ""))
 
 
@@ -335,7 +348,7 @@ def add_model(spec: ModelSpec) -> ModelSpec:
     known = _REGISTERED.get(spec.name)
     if known is not None and known is not spec and _definition(known.factory) != _definition(spec.factory):
         raise UsageError(
-            f"model '{spec.name}' is registered twice (by {_origin(known.factory)} and {_origin(spec.factory)}): "
+            f"model '{spec.name}' is registered twice (by {origin(known.factory)} and {origin(spec.factory)}): "
             "give each model a unique name"
         )
     _REGISTERED[spec.name] = spec
@@ -356,6 +369,8 @@ def register_model(
     reduction_band_reason: str = "",
     known_failure: str | Mapping[str, str | None] | None = None,
     param_count: int | None = None,
+    pruner_arguments: Callable[[nn.Module], Mapping[str, Any]] | None = None,
+    prune_function: Callable[[nn.Module, torch.Tensor, Any], nn.Module | None] | None = None,
 ) -> Callable[[Factory], Factory]:
     """Decorator registering a model factory: the simplest way to add a model.
 
@@ -383,6 +398,8 @@ def register_model(
                 reduction_band_reason=reduction_band_reason,
                 known_failure=known_failure,
                 param_count=param_count,
+                pruner_arguments=pruner_arguments,
+                prune_function=prune_function,
             )
         )
         return factory

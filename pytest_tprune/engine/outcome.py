@@ -70,6 +70,12 @@ class PruneOutcome:
     """Every group torch-pruning offered, by step, with its fate (:mod:`pytest_tprune.engine.tp_internals.ledger`)."""
     ignored_groups: int = 0
     """Groups never offered because an ignored layer is among their outputs."""
+    attention: dict[str, list[int]] = field(default_factory=dict)
+    """With head pruning: each attention module's ``[heads before, heads after, head_dim after]``
+    (:func:`attention_after`), read from the attributes its forward uses."""
+    recipe: dict[str, Any] = field(default_factory=dict)
+    """What of the recipe is the project's own: its ``pruner_arguments`` (described) or its
+    ``prune_function`` (:mod:`pytest_tprune.engine.custom`). Empty for the seed recipe."""
 
     @property
     def prune_config(self) -> PruneConfig:
@@ -138,3 +144,23 @@ def tensor_shapes(model: nn.Module) -> dict[str, list[int]]:
     shapes = {name: list(p.shape) for name, p in model.named_parameters()}
     shapes.update({name: list(b.shape) for name, b in model.named_buffers() if b.is_floating_point()})
     return dict(sorted(shapes.items()))
+
+
+def attention_after(model: nn.Module, heads_before: dict[str, int]) -> dict[str, list[int]]:
+    """``{attention module: [heads before, heads after, head_dim after]}`` for every projection in ``heads_before``.
+
+    Attention modules hold no tensors of their own, so neither the module lines
+    nor the shapes show how many heads are left: this does, from the attributes
+    the module's forward reshapes with (``num_heads``, ``head_dim``; 0 when absent).
+    """
+    found: dict[str, list[int]] = {}
+    for projection, before in sorted(heads_before.items()):
+        parent = projection.rsplit(".", 1)[0] if "." in projection else ""
+        try:
+            module = model.get_submodule(parent)
+        except AttributeError:
+            continue
+        count, head_dim = getattr(module, "num_heads", None), getattr(module, "head_dim", None)
+        if isinstance(count, int):
+            found.setdefault(parent, [int(before), count, head_dim if isinstance(head_dim, int) else 0])
+    return found

@@ -12,27 +12,45 @@ engine, not a copy of it.
 
 from __future__ import annotations
 
-import copy
 import time
-import traceback
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pytest_tprune.engine.config import DEFAULT_SEED, PruneConfig
+from pytest_tprune.engine.gradients import (
+    GradientFeed,
+    clear_gradients,
+    gradient_feed,
+    gradient_kind,
+    prepare_gradients,
+)
 from pytest_tprune.engine.left_whole import Culprit, LeftWhole, coupled_modules, failed_group
 from pytest_tprune.engine.measure import failing_module, forward_with_flops, output_tensor, tp_counts
-from pytest_tprune.engine.models import ModelSpec, build_model, check_adapters
-from pytest_tprune.engine.outcome import Baseline, GroupRecord, Pruned, PruneOutcome, module_lines, tensor_shapes
+from pytest_tprune.engine.models import ModelSpec, check_adapters
+from pytest_tprune.engine.outcome import (
+    Baseline,
+    GroupRecord,
+    Pruned,
+    PruneOutcome,
+    attention_after,
+    module_lines,
+    tensor_shapes,
+)
 from pytest_tprune.engine.recipe import make_pruner, resolve_device
+from pytest_tprune.engine.records import (
+    ModelSource,
+    effective_config,
+    first_then_fresh,
+    fresh_copies,
+    raised_at,
+    record_group,
+    unique_messages,
+)
 from pytest_tprune.engine.tp_internals import (
-    channel_groups,
-    group_root,
     head_layers,
-    member_modules,
-    removed_count,
     restore_head_counts,
 )
 from pytest_tprune.engine.tp_internals.ledger import GroupLedger, close_step, note_yielded
@@ -64,16 +82,6 @@ class _Clock:
             self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
 
 
-def raised_at(exc: BaseException) -> str | None:
-    """``file:line in function`` of the innermost frame, for errors without a module."""
-    frames = traceback.extract_tb(exc.__traceback__)
-    if not frames:
-        return None
-    last = frames[-1]
-    path = last.filename.split("site-packages/")[-1]
-    return f"{path}:{last.lineno} in {last.name}"
-
-
 def _fail(
     step: str, spec: ModelSpec, exc: BaseException, module: str | None = None, note: str | None = None
 ) -> PruneStepError:
@@ -88,42 +96,19 @@ def _left_whole_note(left_whole: list[LeftWhole]) -> str | None:
     return f"after leaving {len(left_whole)} group(s) whole, first {first.root}: {first.reason}"
 
 
-def _record_group(pruner: Any, group: Any, step: int, layers: list[Any], heads: dict[Any, int]) -> GroupRecord:
-    """What ``group`` removes; ``layers`` are its attention projections, ``heads`` their counts before it.
-
-    With ``prune_num_heads`` torch-pruning lowers the group's head count (and
-    its channel grouping) before it yields the group, so the record takes
-    both from before: the grouping the group was ranked with, the heads it had.
-    """
-    graph = pruner.DG
-    root, direction, channels = group_root(graph, group)
-    before = [int(heads.get(m, pruner.num_heads[m])) for m in layers]
-    count = max(before, default=0)
-    removed_heads = count - max((int(pruner.num_heads[m]) for m in layers), default=0)
-    return GroupRecord(
-        root=root,
-        direction=direction,
-        channels=channels,
-        channel_groups=max(channel_groups(pruner, group), count if removed_heads else 0),
-        removed=removed_count(group),
-        members=member_modules(graph, group),
-        step=step,
-        heads=count,
-        kv_heads=min(before, default=0),
-        heads_removed=removed_heads,
-    )
-
-
 def run_pruner(
     pruner: Any,
     steps: int,
     seed: int,
     on_group: GroupHook | None = None,
     heads_left: dict[Any, int] | None = None,
+    gradients: GradientFeed | None = None,
 ) -> list[GroupRecord]:
     """Prune group by group, recording each; seeds the RNG random importance draws from.
 
     ``on_group`` sees each group first; a group it declines is not pruned (nor recorded).
+    ``gradients`` feeds the gradient-based importances their seeded batch
+    (:mod:`pytest_tprune.engine.gradients`); weight-only criteria never use it.
     ``heads_left`` is filled with the head count of every attention projection
     as the pruned groups left it: torch-pruning lowers its ``num_heads`` before
     it yields a group, also for a group then refused (``check_pruning_group``)
@@ -141,16 +126,21 @@ def run_pruner(
         torch.manual_seed(seed)
         random.seed(seed)  # torch-pruning < 1.6.1's RandomImportance shuffles with Python's random
         for step in range(1, steps + 1):
+            if gradients is not None and gradient_kind(pruner.importance) is not None:
+                if step > 1:
+                    gradients.adapt(heads)  # the partly pruned model must run for this step's backward
+                prepare_gradients(pruner, gradients.batch())  # Taylor / Hessian rank by this step's gradients
             for group in pruner.step(interactive=True):
                 layers = head_layers(pruner, group)
                 if on_group is not None and not on_group(pruner, group, step):
                     restore_head_counts(pruner, layers, heads)
                     continue
                 note_yielded(pruner, group)
-                records.append(_record_group(pruner, group, step, layers, heads))
+                records.append(record_group(pruner, group, step, layers, heads))
                 prune_group(pruner, group)
                 heads.update({m: int(pruner.num_heads[m]) for m in layers})
             close_step(pruner)
+    clear_gradients(pruner)
     return records
 
 
@@ -230,8 +220,6 @@ def measure_baseline(spec: ModelSpec, model: nn.Module, inputs: torch.Tensor, se
 MAX_RETRIES = 8
 """Times a model may be pruned again after pruning broke it (each time leaving more whole)."""
 
-ModelSource = Callable[[], "nn.Module"]
-
 
 def prune(
     spec: ModelSpec,
@@ -279,6 +267,8 @@ def prune(
         def prune_once(model: nn.Module, culprits: Sequence[Culprit]) -> _Attempt:
             nonlocal attempt_start
             attempt_start = len(caught)
+            if spec.prune_function is not None:
+                return _custom_once(spec, config, seed, model, inputs, clock, observe)
             return _prune_once(spec, config, seed, model, inputs, clock, culprits, observe)
 
         attempt = until_sound(models, prune_once)
@@ -287,7 +277,7 @@ def prune(
         caught[before_pruning:attempt_start] = []
     outcome = PruneOutcome(
         model=spec.name,
-        config=config.to_dict(),
+        config=effective_config(config, attempt.recipe).to_dict(),
         device=target,
         input_size=list(inputs.shape[1:]),
         modules_before=baseline.modules,
@@ -307,33 +297,14 @@ def prune(
         groups=attempt.groups,
         left_whole=attempt.left_whole,
         adapted=attempt.adapted,
-        warnings=_unique_messages(caught),
+        warnings=unique_messages(caught),
         timings={k: round(v, 4) for k, v in clock.timings.items()},
         offered=attempt.ledger.offered,
         ignored_groups=attempt.ledger.ignored,
+        attention=attention_after(live, attempt.heads) if config.prune_num_heads else {},
+        recipe=attempt.recipe,
     )
     return Pruned(live, inputs, outcome, baseline, attempt.output)
-
-
-def fresh_copies(spec: ModelSpec, seed: int, model: nn.Module | ModelSource | None) -> ModelSource:
-    """Where fresh pristine copies come from: a rebuild, the caller's function, or a copy taken now."""
-    from torch import nn
-
-    if model is None:
-        return lambda: build_model(spec, seed)
-    if isinstance(model, nn.Module):
-        snapshot = copy.deepcopy(model)
-        return lambda: copy.deepcopy(snapshot)
-    return model
-
-
-def first_then_fresh(first: nn.Module, fresh: ModelSource) -> ModelSource:
-    """``first`` on the first call, ``fresh()`` after: a prune's first try, then its retries.
-
-    ``first`` is released once handed out, so a broken first try is not kept alive through the retries.
-    """
-    pending = [first]
-    return lambda: pending.pop() if pending else fresh()
 
 
 def _first_model(
@@ -369,6 +340,8 @@ class _Attempt:
     macs: int
     params: int
     ledger: GroupLedger
+    recipe: dict[str, Any] = field(default_factory=dict)
+    """What of the recipe is the project's own (``PruneOutcome.recipe``); empty for the seed recipe."""
 
 
 def _prune_once(
@@ -386,6 +359,8 @@ def _prune_once(
     with clock.step("trace"):
         try:
             pruner = make_pruner(model, inputs, spec, config, seed, culprits)
+        except PruneStepError:
+            raise
         except Exception as exc:
             raise _fail("trace", spec, exc) from exc
     ignored = sorted(
@@ -396,13 +371,21 @@ def _prune_once(
     with clock.step("prune"):
         try:
             on_group = observe(model, pruner) if observe is not None else None
-            groups = run_pruner(pruner, config.iterative_steps, seed, on_group, heads_left)
+            groups = run_pruner(
+                pruner,
+                config.iterative_steps,
+                seed,
+                on_group,
+                heads_left,
+                gradient_feed(spec, config, seed, model, inputs),
+            )
         except Broke as failed:
             raise Broke(_fail("prune", spec, failed.error), failed.culprit) from failed.error
         except Exception as exc:
             raise _fail("prune", spec, exc) from exc
     left_whole = list(pruner.left_whole)
     ledger: GroupLedger = getattr(pruner, "tprune_ledger", None) or GroupLedger()
+    recipe = dict(getattr(pruner, "tprune_recipe", {}))
     del pruner
     if not config.prune_num_heads:
         heads_left = {}  # without head pruning the adapters keep every num_heads as it is
@@ -433,6 +416,51 @@ def _prune_once(
         macs,
         params,
         ledger,
+        recipe,
+    )
+
+
+def _custom_once(
+    spec: ModelSpec,
+    config: PruneConfig,
+    seed: int,
+    model: nn.Module,
+    inputs: torch.Tensor,
+    clock: _Clock,
+    observe: Observe | None = None,
+) -> _Attempt:
+    """Run the spec's own prune function on ``model`` (:mod:`pytest_tprune.engine.custom`), then measure.
+
+    Never a :class:`Broke`: the engine cannot tell a project's function what to
+    leave whole, so a forward it breaks fails the case, naming the module.
+    """
+    from pytest_tprune.engine.custom import run_prune_function
+
+    with clock.step("prune"):
+        run = run_prune_function(spec, config, seed, model, inputs, observe)
+    if config.prune_num_heads:
+        with clock.step("adapt"):
+            _check_head_counts(spec, run.model, run.heads_left)
+    with clock.step("count"):
+        try:
+            output, flop_macs = forward_with_flops(run.model, inputs)
+            macs, params = tp_counts(run.model, inputs)
+        except Exception as exc:
+            note = f"after the model's prune function {run.recipe['prune_function']}"
+            raise _fail("forward", spec, exc, failing_module(run.model, inputs), note) from exc
+    return _Attempt(
+        run.model,
+        run.ignored,
+        run.heads,
+        run.groups,
+        [],
+        [],
+        output_tensor(output).detach(),
+        flop_macs,
+        macs,
+        params,
+        run.ledger,
+        run.recipe,
     )
 
 
@@ -459,12 +487,3 @@ def _check_head_counts(spec: ModelSpec, model: nn.Module, heads: dict[nn.Module,
         module, detail = problems[0]
         more = f" (and {len(problems) - 1} more attention problem(s))" if len(problems) > 1 else ""
         raise _fail("adapt", spec, HeadCountMismatch(f"{detail}{more}"), module)
-
-
-def _unique_messages(caught: list[warnings.WarningMessage]) -> list[str]:
-    seen: dict[str, None] = {}
-    for item in caught:
-        text = str(item.message).strip().splitlines()[0][:300] if str(item.message).strip() else ""
-        if text:
-            seen.setdefault(f"{item.category.__name__}: {text}", None)
-    return list(seen)

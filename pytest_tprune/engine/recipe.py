@@ -56,6 +56,10 @@ def make_importance(name: str, seed: int) -> Any:
         return tp.importance.FPGMImportance(p=2)
     if name == "random":
         return tp.importance.RandomImportance()
+    if name == "taylor":
+        return tp.importance.GroupTaylorImportance()
+    if name == "hessian":
+        return tp.importance.GroupHessianImportance()
     raise UsageError(f"unknown importance '{name}'")
 
 
@@ -127,7 +131,7 @@ def pruner_arguments(
     pruners = builtin_pruners(model) if engine_pruners else {}
     if spec.customized_pruners:
         pruners.update(spec.customized_pruners(model))
-    return {
+    arguments = {
         "importance": make_importance(config.importance, seed),
         "global_pruning": config.global_pruning,
         "pruning_ratio": config.ratio,
@@ -144,6 +148,73 @@ def pruner_arguments(
         "unwrapped_parameters": unwrapped,
         "customized_pruners": pruners or None,
     }
+    arguments.update(spec_overrides(model, spec))
+    return arguments
+
+
+CONFIG_OWNED = ("pruning_ratio", "global_pruning", "iterative_steps", "prune_num_heads", "head_pruning_ratio")
+"""MetaPruner arguments a case's config sets: a spec overriding them would prune what its config id does not say."""
+
+
+def spec_overrides(model: nn.Module, spec: ModelSpec) -> dict[str, Any]:
+    """``spec.pruner_arguments(model)``, checked against the arguments the installed ``MetaPruner`` takes.
+
+    A name it does not take (a typo, or one a torch-pruning release renamed) and a
+    name the config owns are errors saying what to use, not a ``TypeError`` from the
+    pruner's constructor.
+    """
+    if spec.pruner_arguments is None:
+        return {}
+    from pytest_tprune.engine.models import ModelSpecError, origin
+
+    try:
+        extra = dict(spec.pruner_arguments(model))
+    except Exception as exc:
+        message = (
+            f"trace failed for model '{spec.name}': its pruner_arguments {origin(spec.pruner_arguments)} raised "
+            f"{type(exc).__name__}: {exc}: it must return a dict of MetaPruner keyword arguments for the model"
+        )
+        raise ModelSpecError("trace", spec.name, exc, message) from None
+    known = meta_pruner_arguments()
+    unknown = sorted(k for k in extra if k not in known)
+    owned = sorted(k for k in extra if k in CONFIG_OWNED)
+    if unknown or owned:
+        problem = (
+            f"names {', '.join(unknown)}, which the installed torch_pruning MetaPruner does not take "
+            f"(it takes: {', '.join(sorted(k for k in known if k not in CONFIG_OWNED))})"
+            if unknown
+            else f"sets {', '.join(owned)}, which each case's config sets: select them with --tprune-ratios, "
+            "--tprune-modes and the other --tprune-* options instead"
+        )
+        message = f"trace failed for model '{spec.name}': its pruner_arguments {problem}"
+        raise ModelSpecError("trace", spec.name, TypeError(message), message)
+    return extra
+
+
+def meta_pruner_arguments() -> set[str]:
+    """The keyword arguments of the installed ``MetaPruner`` (besides the model and the example inputs)."""
+    import inspect
+
+    import torch_pruning as tp
+
+    parameters = inspect.signature(tp.pruner.MetaPruner.__init__).parameters
+    return {name for name in parameters if name not in ("self", "model", "example_inputs")}
+
+
+def describe_arguments(arguments: dict[str, Any]) -> dict[str, Any]:
+    """A stable, readable record of overridden arguments for goldens: plain values as they are, dicts and
+    lists by their size, anything else by its class (an object's repr carries its memory address)."""
+
+    def describe(value: Any) -> Any:
+        if value is None or isinstance(value, (bool, int, float, str)):
+            return value
+        if isinstance(value, dict):
+            return f"dict of {len(value)}"
+        if isinstance(value, (list, tuple)):
+            return f"{type(value).__name__} of {len(value)}"
+        return f"{type(value).__module__}.{type(value).__qualname__}"
+
+    return {key: describe(value) for key, value in sorted(arguments.items())}
 
 
 def make_pruner(
@@ -157,4 +228,8 @@ def make_pruner(
     """The engine's pruner: the seed recipe's arguments on a guarded ``MetaPruner``."""
     from pytest_tprune.engine.left_whole import guarded_pruner
 
-    return guarded_pruner()(model, inputs, **pruner_arguments(model, spec, config, seed), culprits=culprits)
+    pruner = guarded_pruner()(model, inputs, **pruner_arguments(model, spec, config, seed), culprits=culprits)
+    pruner.tprune_recipe = (
+        {"pruner_arguments": describe_arguments(spec_overrides(model, spec))} if spec.pruner_arguments else {}
+    )
+    return pruner

@@ -93,6 +93,7 @@ def _prune(
     spec: ModelSpec, model: nn.Module, inputs: torch.Tensor, config: PruneConfig, seed: int
 ) -> tuple[list[OfferedGroup], dict[nn.Module, int]]:
     """The groups offered, and the head counts torch-pruning left (its ``num_heads``, for the adapters)."""
+    from pytest_tprune.engine.gradients import gradient_feed
     from pytest_tprune.engine.pruning import Broke, run_pruner
     from pytest_tprune.engine.recipe import pruner_arguments
     from pytest_tprune.engine.tp_internals.ledger import install_ledger
@@ -101,7 +102,7 @@ def _prune(
     pruner = _watched_pruner()(model, inputs, **pruner_arguments(model, spec, config, seed, engine_pruners=False))
     ledger = pruner.tprune_ledger = install_ledger(pruner)  # the prune loop reports each yield to it
     try:
-        run_pruner(pruner, config.iterative_steps, seed)
+        run_pruner(pruner, config.iterative_steps, seed, gradients=gradient_feed(spec, config, seed, model, inputs))
     except Broke as broke:
         raise broke.error from None
     return list(ledger.offered), dict(pruner.num_heads) if config.prune_num_heads else {}
@@ -154,7 +155,7 @@ def _first_line(exc: BaseException) -> str:
 
 def _described(exc: BaseException) -> str:
     """``ExcType: first line (file:line in function)``, the innermost frame, relative to site-packages."""
-    from pytest_tprune.engine.pruning import raised_at
+    from pytest_tprune.engine.records import raised_at
 
     where = raised_at(exc)
     return f"{type(exc).__name__}: {_first_line(exc)}{f' ({where})' if where else ''}"

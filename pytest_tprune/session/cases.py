@@ -144,19 +144,60 @@ def head_knobs(head_ratio: float) -> dict[str, Any]:
     return {"prune_num_heads": True, "head_pruning_ratio": head_ratio} if head_ratio else {}
 
 
+KNOB_FIELDS = (
+    "importance",
+    "round_to",
+    "iterative_steps",
+    "prune_num_heads",
+    "head_pruning_ratio",
+    "max_pruning_ratio",
+)
+"""The config fields a ``tprune(knobs=[...])`` marker may set; ratio and mode come from the grid."""
+
+
+def marker_knobs(value: Any) -> list[dict[str, Any]]:
+    """The ``knobs`` of a ``tprune`` marker: a list of dicts of config fields, each a config per ratio and mode.
+
+    ``knobs=[{"round_to": 8}, {"prune_num_heads": True, "head_pruning_ratio": 0.5}]`` gives a test those two
+    configs instead of the plain one; absent, the plain config (``[{}]``). A field not in ``KNOB_FIELDS``, or a
+    value ``PruneConfig`` refuses, is a usage error naming the marker.
+    """
+    if value is None:
+        return [{}]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(k, dict) for k in value) or not value:
+        raise UsageError(f"tprune marker knobs={value!r}: give a non-empty list of dicts of config fields")
+    for knob in value:
+        unknown = sorted(set(knob) - set(KNOB_FIELDS))
+        if unknown:
+            raise UsageError(
+                f"tprune marker knobs: {', '.join(unknown)} cannot be set per test (use one of "
+                f"{', '.join(KNOB_FIELDS)}; ratios and modes have their own marker arguments)"
+            )
+        try:
+            PruneConfig(**knob)
+        except (TypeError, ValueError) as err:
+            raise UsageError(f"tprune marker knobs={knob!r}: {err}") from None
+        except UsageError as err:
+            raise UsageError(f"tprune marker knobs={knob!r}: {err}") from None
+    return [dict(knob) for knob in value]
+
+
 def case_params(specs: dict[str, ModelSpec], settings: Settings, narrow: dict[str, Any]) -> list[Any]:
     """The sorted, sharded ``pytest.param`` list for one test function."""
     names = narrow_models(sorted(specs), narrow.get("models"), narrow.get("exclude"))
     wanted_ratios = {float(r) for r in narrow.get("ratios", settings.ratios)}
     ratios = [r for r in settings.ratios if r in wanted_ratios]
     modes = [m for m in settings.modes if m in narrow.get("modes", settings.modes)]
-    cases = [
-        CaseParam(name, PruneConfig(ratio=ratio, global_pruning=mode == "global", **head_knobs(heads)))
-        for name in names
+    knobs = marker_knobs(narrow.get("knobs"))
+    configs = [
+        PruneConfig(ratio=ratio, global_pruning=mode == "global", **{**head_knobs(heads), **knob})
         for ratio in ratios
         for mode in modes
+        for knob in knobs
         for heads in (0.0, *settings.head_ratios)
     ]
+    unique = list(dict.fromkeys(configs))  # a knob that sets head pruning meets --tprune-head-ratios once
+    cases = [CaseParam(name, config) for name in names for config in unique]
     if settings.shard is not None:
         index, total = settings.shard
         cases = [case for position, case in enumerate(cases) if position % total == index - 1]

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 import torch_pruning as tp
 from torch import nn
 
 from acmenets.models import AcmeAttention, AcmeAttnNet, AcmeCNN, ChannelScale
-from pytest_tprune import ModelSpec, register_model
+from pytest_tprune import ModelSpec, PruneConfig, register_model
 
 
 class ChannelScalePruner(tp.pruner.function.BasePruningFunc):
@@ -59,3 +60,30 @@ def acme_attn_spec() -> ModelSpec:
         # recompute head_dim after pruning, or AcmeAttention.forward's reshape fails
         adapters={AcmeAttention: sync_attention},
     )
+
+
+def acme_recipe(model: nn.Module, example_inputs: torch.Tensor, config: PruneConfig) -> nn.Module:
+    """ACME's own recipe, the one it ships: L1 magnitude, heads kept, head_dim synced by hand.
+
+    The suite runs this instead of its engine (``prune_function``) and checks what it
+    returns like any other case: every group its pruner offered must be pruned as the
+    config's ratio says, the forward must run, the goldens must hold.
+    """
+    attention = [m for m in model.modules() if isinstance(m, AcmeAttention)]
+    pruner = tp.pruner.MetaPruner(
+        model,
+        example_inputs,
+        importance=tp.importance.GroupMagnitudeImportance(p=1),
+        pruning_ratio=config.ratio,
+        global_pruning=config.global_pruning,
+        ignored_layers=[model.head],
+        num_heads={m.qkv: m.num_heads for m in attention},
+        unwrapped_parameters=[(model.pos_embed, 2)],
+    )
+    pruner.step()
+    for module in attention:
+        sync_attention(module)
+    return model
+
+
+register_model("acme_attn_l1", input_size=(3, 32, 32), prune_function=acme_recipe)(AcmeAttnNet)

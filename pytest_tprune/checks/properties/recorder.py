@@ -37,7 +37,9 @@ if TYPE_CHECKING:
     from pytest_tprune.engine.outcome import Baseline
     from pytest_tprune.engine.pruning import GroupHook
 
-DETERMINISTIC_IMPORTANCES = ("l2", "l1", "lamp", "fpgm")
+DETERMINISTIC_IMPORTANCES = ("l2", "l1", "lamp", "fpgm", "taylor")
+"""Criteria the check can replay at ranking time: Taylor too, reading the gradients the engine left for the
+ranking. Not ``random`` (a draw) nor ``hessian`` (its scores live in the importance's accumulator)."""
 """Criteria that give the same scores when recomputed: the criterion check can replay them."""
 
 
@@ -117,7 +119,7 @@ class RefusedGroup:
 
 
 def reference_importance(name: str) -> Any | None:
-    """A fresh torch-pruning criterion for ``name``; ``None`` for ``random`` (it cannot be replayed).
+    """A fresh torch-pruning criterion for ``name``; ``None`` for ``random`` and ``hessian`` (not replayable).
 
     Built here, not through :func:`pytest_tprune.engine.pruning.make_importance`, so
     that the criterion check keeps meaning what the name says when the engine's
@@ -130,6 +132,7 @@ def reference_importance(name: str) -> Any | None:
         "l1": lambda: tp.importance.GroupMagnitudeImportance(p=1),
         "lamp": lambda: tp.importance.LAMPImportance(p=2),
         "fpgm": lambda: tp.importance.FPGMImportance(p=2),
+        "taylor": lambda: tp.importance.GroupTaylorImportance(),
     }
     factory = factories.get(name)
     return factory() if factory else None

@@ -41,7 +41,10 @@ NO_DOWNSTREAM_ROOT = "no downstream root"
 NOT_YIELDED = "ranked, not yielded"
 """Ranked, never refused, never yielded: the rule removes nothing, or torch-pruning lost the group."""
 
-FATES = (PRUNED, NOTHING_REMOVED, LEFT_WHOLE, REFUSED, MINIMUM_WIDTH, NO_DOWNSTREAM_ROOT, NOT_YIELDED)
+NOT_PRUNED = "yielded, not pruned"
+"""Yielded to a project's own prune function (``step(interactive=True)``), which never pruned it."""
+
+FATES = (PRUNED, NOTHING_REMOVED, LEFT_WHOLE, REFUSED, MINIMUM_WIDTH, NO_DOWNSTREAM_ROOT, NOT_YIELDED, NOT_PRUNED)
 
 Key = tuple[int, bool]
 
@@ -97,6 +100,10 @@ class GroupLedger:
         entry = self._open.pop(_key(pruner.DG, group), None)
         if entry is not None:
             entry.fate, entry.removed = fate, removed
+
+    def entry(self, pruner: Any, group: Any) -> OfferedGroup | None:
+        """The open entry of an offered group (before it is settled), if the ledger saw it offered."""
+        return self._open.get(_key(pruner.DG, group))
 
     def close_step(self) -> None:
         """What a step neither settled nor yielded keeps its fate: ranked, not yielded."""
