@@ -78,3 +78,19 @@ def test_a_golden_compares_the_stock_verdict_not_its_detail() -> None:
     diff = golden.diff_golden(expected, worse)
     assert diff.figures == [("stock verdict", "ok", "crashes")]
     assert "stock verdict: ok => crashes" in golden.render_diff(diff, expected, {})
+
+
+def test_a_fault_in_this_package_is_no_stock_verdict(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An internal of ours that breaks (here: a helper that moved) must not read as torch-pruning crashing."""
+    from pytest_tprune.engine import gradients
+    from pytest_tprune.errors import CheckFailed
+
+    monkeypatch.setattr(gradients, "gradient_feed", None)  # the stock run calls it: a TypeError in our frame
+    STORE.clear()
+    case = TpruneCase(timm_spec("test_resnet"), PruneConfig(0.5), CaseSettings())
+    assert case.stock["verdict"] == "not judged"
+    assert "could not judge" in case.stock["detail"] and "TypeError" in case.stock["detail"]
+    with pytest.raises(CheckFailed, match=r"\[golden\] the stock check could not judge the pruned model: TypeError"):
+        case.check_golden()
+    assert "stock" not in case.summary_row()
+    STORE.clear()

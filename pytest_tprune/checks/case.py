@@ -114,8 +114,8 @@ class TpruneCase:
         """What plain torch-pruning does with this case (:mod:`pytest_tprune.engine.stock`): its verdict
         (``ok``, ``skips groups``, ``breaks the forward``, ``crashes``, ``hangs``) and one line of detail.
         Recorded, never failing the case; run once, on a pristine copy, under its own time limit."""
-        from pytest_tprune.checks.stock import stock_verdict
-        from pytest_tprune.engine.stock import STOCK_TIME_LIMIT_S, run_stock
+        from pytest_tprune.checks.stock import NOT_JUDGED, stock_verdict
+        from pytest_tprune.engine.stock import STOCK_TIME_LIMIT_S, StockRunFault, run_stock
 
         pruned = self.pruned
         start = time.perf_counter()
@@ -123,7 +123,10 @@ class TpruneCase:
             model = copy.deepcopy(STORE.pristine(self.spec, self.settings.seed).model).to(pruned.inputs.device)
             limit = min(STOCK_TIME_LIMIT_S, self.settings.timeout or STOCK_TIME_LIMIT_S)
             shape = list(pruned.base_output.shape)
-            run = run_stock(self.spec, model, pruned.inputs, self.config, self.settings.seed, shape, limit)
+            try:
+                run = run_stock(self.spec, model, pruned.inputs, self.config, self.settings.seed, shape, limit)
+            except StockRunFault as fault:
+                return {"verdict": NOT_JUDGED, "detail": checker_fault("stock", fault.__cause__ or fault)}
             del model
             return stock_verdict(run, self.config)
         finally:
@@ -264,6 +267,7 @@ class TpruneCase:
         """Compare with (or, with --tprune-update-golden, write) the case's golden file."""
         __tracebackhide__ = True
         from pytest_tprune.checks import golden
+        from pytest_tprune.checks.stock import NOT_JUDGED
         from pytest_tprune.engine.identity import library_versions
 
         self.pruned  # noqa: B018 - prune first, under its own time limit
@@ -271,6 +275,8 @@ class TpruneCase:
             versions = library_versions()
             channels = self.channels.golden() if self.channels is not None else None
             exported = self.export.golden() if self.export is not None else None
+            if self.stock["verdict"] == NOT_JUDGED:  # our fault, not torch-pruning's: never compared or written
+                raise CheckFailed("golden", self.stock["detail"])
             content = golden.golden_content(self.outcome, versions, channels, self.stock, exported)
             path = golden.golden_path(self.settings.golden_dir, self.spec.name, self.config.config_id)
             if self.settings.update_golden:
@@ -409,6 +415,12 @@ class TpruneCase:
         for check in self.settings.checks:
             getattr(self, f"check_{check}")()
 
+    def _stock_row(self) -> dict[str, Any]:
+        """The report's ``stock``; left out when the stock run broke in this package (the golden check says so)."""
+        from pytest_tprune.checks.stock import NOT_JUDGED
+
+        return {} if self.stock["verdict"] == NOT_JUDGED else {"stock": self.stock}
+
     def report_row(self) -> dict[str, Any]:
         """What the case reports: its figures when the prune ran to the end, else what it used."""
         return self.summary_row() if self.has_pruned else self.resources_row()
@@ -446,7 +458,7 @@ class TpruneCase:
             **({"equivalence": self.channels.summary()} if self.channels is not None else {}),
             **({"export": self.export.summary()} if self.export is not None else {}),
             **({"latency": self.latency} if self.latency is not None else {}),
-            "stock": self.stock,
+            **self._stock_row(),
             "device": out.device,
             "peak_rss_mb": peak_rss_mb(),
             "worker": os.environ.get("PYTEST_XDIST_WORKER", "main"),

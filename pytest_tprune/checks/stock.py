@@ -15,6 +15,10 @@ from typing import TYPE_CHECKING, Any
 from pytest_tprune.checks.accounting import skipped_among
 from pytest_tprune.engine.stock import OK, SKIPS_GROUPS
 
+NOT_JUDGED = "not judged"
+"""The stock run failed in pytest-tprune's own code (``StockRunFault``): no verdict, and the golden check fails
+saying whose fault it is, rather than recording ``crashes`` against torch-pruning."""
+
 if TYPE_CHECKING:
     from pytest_tprune.engine.config import PruneConfig
     from pytest_tprune.engine.stock import StockRun

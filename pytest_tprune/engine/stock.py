@@ -49,6 +49,22 @@ STOCK_TIME_LIMIT_S = 60.0
 _WHAT = "the stock torch-pruning run"
 
 
+class StockRunFault(Exception):
+    """The stock run failed in this project's own code, not in torch-pruning's: no verdict to record.
+
+    Raised instead of ``crashes`` so that a bug of ours (an import that moved, an
+    attribute we misread) never reads as torch-pruning crashing on the model.
+    """
+
+
+def raised_by_this_package(exc: BaseException) -> bool:
+    """Whether the innermost frame of ``exc`` is in pytest-tprune's own code (a library or the model is not)."""
+    import traceback
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    return bool(frames) and "/pytest_tprune/" in frames[-1].filename.replace("\\", "/")
+
+
 @dataclass
 class StockRun:
     """How the stock run ended: ``verdict`` when it did not run through, else the groups it offered."""
@@ -84,6 +100,8 @@ def run_stock(
     except TraversalCycle as exc:
         return StockRun(HANGS, f"a group walk does not close: {exc}")
     except Exception as exc:
+        if raised_by_this_package(exc):
+            raise StockRunFault(_described(exc)) from exc
         return StockRun(CRASHES, _described(exc))
     broken = _forward_problem(spec, model, inputs, output_shape, heads)
     return StockRun(BREAKS_FORWARD, broken, offered) if broken else StockRun(offered=offered)
