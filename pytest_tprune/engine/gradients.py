@@ -33,6 +33,14 @@ class GradientFeed:
     batch: Callable[[], torch.Tensor]
     adapt: Callable[[dict[Any, int]], None]
 
+    def before_step(self, pruner: Any, step: int, heads: dict[Any, int]) -> None:
+        """Fill the gradients ``pruner``'s importance ranks by, when it reads any; ``heads``: counts so far."""
+        if gradient_kind(pruner.importance) is None:
+            return  # weight-only criteria: no batch built, no backward
+        if step > 1:
+            self.adapt(heads)  # the partly pruned model must run for this step's backward
+        prepare_gradients(pruner, self.batch())
+
 
 def gradient_feed(
     spec: ModelSpec, config: PruneConfig, seed: int, model: nn.Module, inputs: torch.Tensor

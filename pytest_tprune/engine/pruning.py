@@ -20,13 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pytest_tprune.engine.config import DEFAULT_SEED, PruneConfig
-from pytest_tprune.engine.gradients import (
-    GradientFeed,
-    clear_gradients,
-    gradient_feed,
-    gradient_kind,
-    prepare_gradients,
-)
+from pytest_tprune.engine.gradients import GradientFeed, clear_gradients, gradient_feed
 from pytest_tprune.engine.left_whole import Culprit, LeftWhole, coupled_modules, failed_group
 from pytest_tprune.engine.measure import failing_module, forward_with_flops, output_tensor, tp_counts
 from pytest_tprune.engine.models import ModelSpec, check_adapters
@@ -126,10 +120,8 @@ def run_pruner(
         torch.manual_seed(seed)
         random.seed(seed)  # torch-pruning < 1.6.1's RandomImportance shuffles with Python's random
         for step in range(1, steps + 1):
-            if gradients is not None and gradient_kind(pruner.importance) is not None:
-                if step > 1:
-                    gradients.adapt(heads)  # the partly pruned model must run for this step's backward
-                prepare_gradients(pruner, gradients.batch())  # Taylor / Hessian rank by this step's gradients
+            if gradients is not None:
+                gradients.before_step(pruner, step, heads)  # Taylor / Hessian rank by this step's gradients
             for group in pruner.step(interactive=True):
                 layers = head_layers(pruner, group)
                 if on_group is not None and not on_group(pruner, group, step):
@@ -198,11 +190,17 @@ def until_sound(models: Callable[[], nn.Module], attempt: Callable[[nn.Module, S
         del model
 
 
+def _measured(model: nn.Module, inputs: torch.Tensor) -> tuple[torch.Tensor, int, int, int]:
+    """The eval output on ``inputs`` (detached), the FLOP-formula MACs, torch-pruning's MACs and the params."""
+    output, flop_macs = forward_with_flops(model, inputs)
+    macs, params = tp_counts(model, inputs)
+    return output_tensor(output).detach(), flop_macs, macs, params
+
+
 def measure_baseline(spec: ModelSpec, model: nn.Module, inputs: torch.Tensor, seed: int) -> Baseline:
     """Measure the unpruned ``model`` (already on its device) on ``inputs``."""
     try:
-        output, flop_macs = forward_with_flops(model, inputs)
-        macs, params = tp_counts(model, inputs)
+        output, flop_macs, macs, params = _measured(model, inputs)
     except Exception as exc:
         raise _fail("forward", spec, exc, failing_module(model, inputs)) from exc
     return Baseline(
@@ -210,7 +208,7 @@ def measure_baseline(spec: ModelSpec, model: nn.Module, inputs: torch.Tensor, se
         tree=repr(model),
         modules=module_lines(model),
         shapes=tensor_shapes(model),
-        output=output_tensor(output).detach(),
+        output=output,
         flop_macs=flop_macs,
         macs=macs,
         params=params,
@@ -398,26 +396,12 @@ def _prune_once(
             _check_head_counts(spec, model, heads_left)
     with clock.step("count"):
         try:
-            output, flop_macs = forward_with_flops(model, inputs)
-            macs, params = tp_counts(model, inputs)
+            measured = _measured(model, inputs)
         except Exception as exc:
             broke = forward_broke(model, inputs, exc, culprits)
             error = _fail("forward", spec, exc, broke.module, _left_whole_note(left_whole))
             raise Broke(error, broke.culprit) from exc
-    return _Attempt(
-        model,
-        ignored,
-        heads,
-        groups,
-        left_whole,
-        adapted,
-        output_tensor(output).detach(),
-        flop_macs,
-        macs,
-        params,
-        ledger,
-        recipe,
-    )
+    return _Attempt(model, ignored, heads, groups, left_whole, adapted, *measured, ledger, recipe)
 
 
 def _custom_once(
@@ -443,25 +427,11 @@ def _custom_once(
             _check_head_counts(spec, run.model, run.heads_left)
     with clock.step("count"):
         try:
-            output, flop_macs = forward_with_flops(run.model, inputs)
-            macs, params = tp_counts(run.model, inputs)
+            measured = _measured(run.model, inputs)
         except Exception as exc:
             note = f"after the model's prune function {run.recipe['prune_function']}"
             raise _fail("forward", spec, exc, failing_module(run.model, inputs), note) from exc
-    return _Attempt(
-        run.model,
-        run.ignored,
-        run.heads,
-        run.groups,
-        [],
-        [],
-        output_tensor(output).detach(),
-        flop_macs,
-        macs,
-        params,
-        run.ledger,
-        run.recipe,
-    )
+    return _Attempt(run.model, run.ignored, run.heads, run.groups, [], [], *measured, run.ledger, run.recipe)
 
 
 def _adapt(model: nn.Module, spec: ModelSpec, heads: dict[nn.Module, int]) -> list[str]:

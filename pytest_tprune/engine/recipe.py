@@ -118,10 +118,16 @@ def attention_heads(model: nn.Module) -> dict[nn.Module, int]:
 
 
 def pruner_arguments(
-    model: nn.Module, spec: ModelSpec, config: PruneConfig, seed: int, engine_pruners: bool = True
+    model: nn.Module,
+    spec: ModelSpec,
+    config: PruneConfig,
+    seed: int,
+    engine_pruners: bool = True,
+    overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The seed recipe's ``MetaPruner`` arguments for ``model``, with fresh dicts (torch-pruning mutates
-    its mutable defaults). ``engine_pruners=False`` leaves out this project's pruners for timm layers that
+    its mutable defaults), then the spec's ``overrides`` (:func:`spec_overrides`, made here when not given).
+    ``engine_pruners=False`` leaves out this project's pruners for timm layers that
     torch-pruning lacks, keeping only the spec's own: what a user running plain torch-pruning passes."""
     ignored = spec.ignored_layers(model) if spec.ignored_layers else classifier_layers(model)
     heads = dict(spec.num_heads(model)) if spec.num_heads else attention_heads(model)
@@ -148,7 +154,7 @@ def pruner_arguments(
         "unwrapped_parameters": unwrapped,
         "customized_pruners": pruners or None,
     }
-    arguments.update(spec_overrides(model, spec))
+    arguments.update(spec_overrides(model, spec) if overrides is None else overrides)
     return arguments
 
 
@@ -228,8 +234,8 @@ def make_pruner(
     """The engine's pruner: the seed recipe's arguments on a guarded ``MetaPruner``."""
     from pytest_tprune.engine.left_whole import guarded_pruner
 
-    pruner = guarded_pruner()(model, inputs, **pruner_arguments(model, spec, config, seed), culprits=culprits)
-    pruner.tprune_recipe = (
-        {"pruner_arguments": describe_arguments(spec_overrides(model, spec))} if spec.pruner_arguments else {}
-    )
+    overrides = spec_overrides(model, spec)  # the spec's callable runs once per pruner
+    arguments = pruner_arguments(model, spec, config, seed, overrides=overrides)
+    pruner = guarded_pruner()(model, inputs, **arguments, culprits=culprits)
+    pruner.tprune_recipe = {"pruner_arguments": describe_arguments(overrides)} if spec.pruner_arguments else {}
     return pruner

@@ -175,9 +175,7 @@ def marker_knobs(value: Any) -> list[dict[str, Any]]:
             )
         try:
             PruneConfig(**knob)
-        except (TypeError, ValueError) as err:
-            raise UsageError(f"tprune marker knobs={knob!r}: {err}") from None
-        except UsageError as err:
+        except (TypeError, ValueError, UsageError) as err:
             raise UsageError(f"tprune marker knobs={knob!r}: {err}") from None
     return [dict(knob) for knob in value]
 
