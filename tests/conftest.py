@@ -13,6 +13,26 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "downstream"
 """The downstream example project, copied into a pytester directory by the ``example`` fixture."""
 
 
+@pytest.fixture(autouse=True)
+def _registry_restored(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every pytester test leaves the model registry as it found it.
+
+    An in-process run imports its project's conftest, whose ``register_model``
+    calls land in the registry of this process; without this, a model one
+    test registers shows up in the default selection of the next test the
+    same worker runs (an order-dependent failure under ``-n auto``).
+    """
+    if "pytester" not in request.fixturenames:
+        yield
+        return
+    from pytest_tprune.engine import models
+
+    saved = dict(models._REGISTERED)
+    yield
+    models._REGISTERED.clear()
+    models._REGISTERED.update(saved)
+
+
 @pytest.fixture
 def project(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
     """An empty-ini project; child runs do not inherit the outer run's xdist identity.

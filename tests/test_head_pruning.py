@@ -324,3 +324,46 @@ def test_vit_base_cli_prunes_six_of_twelve_heads_per_block(
         assert attn.proj.in_features == attn.attn_dim == 6 * 32
     assert result.outcome.output_shape_after == [1, 1000] and bool(torch.isfinite(result.output).all())
     assert exp.shape_violations(result.outcome) == []
+
+
+def _kept_rows(before: torch.Tensor, after: torch.Tensor) -> list[int]:
+    """Which rows of ``before`` survive in ``after``, found by value (a fresh init has no two rows alike)."""
+    kept = []
+    for row in after.flatten(1):
+        (match,) = torch.nonzero((before.flatten(1) == row).all(dim=1)).flatten().tolist()
+        kept.append(match)
+    return kept
+
+
+@pytest.mark.parametrize("heads", [False, True], ids=["head-dims", "whole-heads"])
+def test_separate_query_key_value_projections_are_pruned_head_by_head(heads: bool) -> None:
+    """timm's EVA attention with ``qkv_fused=False`` (the eva02 models) has ``q_proj``/``k_proj``/``v_proj``:
+    torch-pruning must be told their head count, or it removes channels anywhere and the reshape into
+    ``num_heads`` heads then mixes channels of different heads, a forward that runs but computes another function."""
+    from timm.models.eva import Eva
+
+    from pytest_tprune import prune
+    from pytest_tprune.engine.recipe import attention_heads
+
+    torch.manual_seed(0)
+    model = Eva(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, qkv_fused=False, num_classes=10)
+    model.eval()
+    mapped = attention_heads(model)
+    for attn in _attentions(model):
+        assert mapped[attn.q_proj] == mapped[attn.k_proj] == mapped[attn.v_proj] == 4
+    config = PruneConfig(0.5, prune_num_heads=heads, head_pruning_ratio=0.5 if heads else 0.0)
+    result = prune(model, torch.randn(1, 3, 32, 32), config)
+    pruned = [a for a in _attentions(result.model) if a.q_proj.out_features < 64]
+    if heads:  # EVA reshapes its attention output to the input width: whole heads cannot go, and the engine says so
+        assert not pruned and result.outcome.left_whole
+        assert all("EvaAttention" in w.reason for w in result.outcome.left_whole)
+        return
+    assert len(pruned) == 2
+    embedding = _kept_rows(model.patch_embed.proj.weight, result.model.patch_embed.proj.weight)  # the residual stream
+    for before, after in zip(_attentions(model), pruned, strict=True):
+        assert after.num_heads * after.head_dim == after.q_proj.out_features == 32
+        for projection in ("q_proj", "k_proj", "v_proj"):
+            kept = _kept_rows(getattr(before, projection).weight[:, embedding], getattr(after, projection).weight)
+            per_head = {frozenset(k % 16 for k in kept if k // 16 == head) for head in range(4)}
+            assert len(per_head) == 1, f"{projection}: heads kept different positions {sorted(map(sorted, per_head))}"
+    assert exp.shape_violations(result.outcome) == [] and skipped_groups(result.outcome) == []

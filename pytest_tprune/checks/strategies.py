@@ -102,7 +102,7 @@ def prune_configs(
     modes: Sequence[str] = MODES,
     importances: Sequence[str] = MAGNITUDE_IMPORTANCES,
     round_to: Sequence[int | None] = ROUND_TO,
-    iterative_steps: tuple[int, int] = (1, 3),
+    iterative_steps: tuple[int, int] = (1, 5),
     isomorphic: Sequence[bool] = (False, True),
     head_ratio: SearchStrategy[float] | float | None = None,
     max_ratio: SearchStrategy[float] | float | None = None,

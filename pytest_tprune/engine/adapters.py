@@ -88,9 +88,10 @@ def attention_width(module: nn.Module) -> int | None:
     return None
 
 
-QUERY_PROJECTIONS = ("qkv", "q")
-"""Attributes of an attention module holding the projection whose head count is ``num_heads``."""
-KV_PROJECTIONS = ("k", "v", "kv")
+QUERY_PROJECTIONS = ("qkv", "q", "q_proj")
+"""Attributes of an attention module holding the projection whose head count is ``num_heads`` (``q_proj``:
+timm's EVA attention built with ``qkv_fused=False``, as the eva02 models are)."""
+KV_PROJECTIONS = ("k", "v", "kv", "k_proj", "v_proj")
 """Attributes holding the projections whose head count is ``num_kv_heads`` (grouped-query attention)."""
 
 
@@ -258,6 +259,7 @@ register_adapter(
     "timm.layers.attention.AttentionRope",
     "timm.models.vision_transformer.Attention",
     "timm.layers.attention_pool.AttentionPoolLatent",
+    "timm.models.eva.EvaAttention",
     "timm.models.pvt_v2.Attention",
 )(sync_head_attributes)
 register_adapter("timm.models.metaformer.Scale")(sync_scale_shape)

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from pytest_tprune.engine.adapters import KV_PROJECTIONS, QUERY_PROJECTIONS
 from pytest_tprune.engine.config import PruneConfig
 from pytest_tprune.engine.models import ModelSpec
 from pytest_tprune.errors import UsageError
@@ -110,7 +111,7 @@ def attention_heads(model: nn.Module) -> dict[nn.Module, int]:
         if not isinstance(count, int) or count <= 0:
             continue
         kv_count = getattr(module, "num_kv_heads", None) or count
-        for attr, n in (("qkv", count), ("q", count), ("k", kv_count), ("v", kv_count), ("kv", kv_count)):
+        for attr, n in (*((a, count) for a in QUERY_PROJECTIONS), *((a, kv_count) for a in KV_PROJECTIONS)):
             layer = getattr(module, attr, None)
             if isinstance(layer, projections):
                 heads[layer] = int(n)
