@@ -1,10 +1,12 @@
-"""The abandoned-walk cache (:class:`pytest_tprune.engine.tp_internals.walk.AbandonedWalks`) changes nothing.
+"""The walk caches (:mod:`pytest_tprune.engine.tp_internals.walk`) change nothing.
 
-A walk the engine abandons at its budget is replayed, not walked again, when
-the same walk comes back on a graph of the same model (another config, a retry,
-the equivalence check's copy). These tests pin that a replay gives exactly what
-walking gives, on the grid models whose walks are replayed, and that the key's graph signature is what
-keeps a different graph from replaying another's walk.
+A walk the engine abandons at its budget (``AbandonedWalks``), and a walk that
+closed (``SoundWalks``), is replayed, not walked again, when the same walk
+comes back on a graph of the same model (the step after the constructor,
+another config, a retry, the equivalence check's copy). These tests pin that a
+replay gives exactly what walking gives, on every grid model, and that the
+key (graph signature, indices) is what keeps a replay from standing in for
+another walk.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ nn = torch.nn
 
 from pytest_tprune.checks.golden import golden_content  # noqa: E402
 from pytest_tprune.engine.config import PruneConfig  # noqa: E402
-from pytest_tprune.engine.models import ModelSpec, timm_spec  # noqa: E402
+from pytest_tprune.engine.models import ModelSpec, timm_model_names, timm_spec  # noqa: E402
 from pytest_tprune.engine.pruning import prune  # noqa: E402
 from pytest_tprune.engine.tp_internals import walk  # noqa: E402
 
@@ -111,3 +113,57 @@ def test_without_the_graph_signature_the_other_graph_would_replay_the_cyclic_wal
     before = cache.matches
     _cyclic_roots(residual=False)
     assert cache.matches > before
+
+
+# --- closed walks (SoundWalks): every walk is kept and replayed, so every grid model is pinned ------------------------
+
+GRID = sorted({*timm_model_names("test_*"), "vit_base_patch32_224"})
+"""The models of tests/test_zoo.py's grid: a replayed walk must give each of them the golden a fresh walk gives."""
+
+
+@pytest.fixture
+def walks() -> Iterator[walk.SoundWalks]:
+    """The process's closed-walk cache, emptied before and after, switched back on after."""
+    walk.SOUND.clear()
+    walk.ABANDONED.clear()
+    yield walk.SOUND
+    walk.SOUND.enabled = walk.ABANDONED.enabled = True
+    walk.SOUND.clear()
+    walk.ABANDONED.clear()
+
+
+def _fresh_and_replayed(spec: ModelSpec, config: PruneConfig, walks: walk.SoundWalks) -> tuple[Any, Any, int]:
+    """The golden with every walk walked, the golden of a second prune with both caches on, and its replays."""
+    walks.enabled = walk.ABANDONED.enabled = False
+    fresh = _golden(spec, config)
+    walks.enabled = walk.ABANDONED.enabled = True
+    _golden(spec, config)  # fills the caches
+    before = walks.hits
+    replayed = _golden(spec, config)
+    return fresh, replayed, walks.hits - before
+
+
+@pytest.mark.parametrize("model", GRID)
+def test_a_replayed_trace_gives_every_grid_model_the_golden_of_a_fresh_one(model: str, walks: walk.SoundWalks) -> None:
+    for config in (PruneConfig(ratio=0.5), PruneConfig(ratio=0.5, global_pruning=True)):
+        fresh, replayed, hits = _fresh_and_replayed(timm_spec(model), config, walks)
+        assert replayed == fresh, f"{model} {config.config_id}: a replayed walk changed the golden"
+        assert hits > 0, f"{model} {config.config_id}: nothing was replayed, so nothing was compared"
+
+
+def test_a_key_that_forgets_the_indices_replays_the_wrong_group_and_the_golden_shows_it(
+    walks: walk.SoundWalks, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Break the key (drop the indices from it): pruning's walk from the ranked indices then replays the
+    enumeration's walk of every channel, and the golden is no longer the fresh one."""
+    key = walk._walk_key
+    monkeypatch.setattr(walk, "_walk_key", lambda graph, root, idxs: key(graph, root, [0]))
+    spec, config = timm_spec("test_resnet"), PruneConfig(ratio=0.5)
+    walks.enabled = walk.ABANDONED.enabled = False
+    fresh = _golden(spec, config)
+    walks.enabled = walk.ABANDONED.enabled = True
+    try:
+        broken: Any = _golden(spec, config)
+    except Exception as exc:  # pruning every channel of a group may not even run
+        broken = exc
+    assert broken != fresh

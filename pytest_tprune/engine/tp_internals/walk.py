@@ -10,6 +10,7 @@ engine would have stopped it).
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Callable
 from functools import cache
 from typing import Any
@@ -171,6 +172,10 @@ def _bounded_graph_class(base: Any) -> type:
                 for target in targets:
                     self.tprune_cyclic.setdefault(target, reason)
                 return _marked_root_group(self, module, pruning_fn, idxs, reason)
+            key = SOUND.key(self, module, pruning_fn, idxs)
+            group = SOUND.replay(self, key, module, pruning_fn)
+            if group is not None:  # the same walk, closed before: its group, on this graph
+                return _coupled_to_cycle(self, module, pruning_fn, idxs, group)
             _start_walk(self, idxs)
             try:
                 with tolerant_index_mappings():
@@ -187,14 +192,20 @@ def _bounded_graph_class(base: Any) -> type:
                 return _marked_root_group(self, module, pruning_fn, idxs, reason)
             finally:
                 self.tprune_walk_reached = []
-            for dep, _ in group:
-                cyclic = self.tprune_cyclic.get(dep.target.module)
-                if cyclic is not None and self.is_out_channel_pruning_fn(dep.handler):
-                    return _marked_root_group(self, module, pruning_fn, idxs, f"coupled to an abandoned walk: {cyclic}")
-            return group
+            SOUND.remember(self, key, module, pruning_fn, group)
+            return _coupled_to_cycle(self, module, pruning_fn, idxs, group)
 
     BoundedGraph.__name__ = BoundedGraph.__qualname__ = f"Bounded{base.__name__}"
     return BoundedGraph
+
+
+def _coupled_to_cycle(graph: Any, module: Any, pruning_fn: Any, idxs: Any, group: Any) -> Any:
+    """``group``, or the marked root when it prunes the output channels of a layer an abandoned walk reached."""
+    for dep, _ in group:
+        cyclic = graph.tprune_cyclic.get(dep.target.module)
+        if cyclic is not None and graph.is_out_channel_pruning_fn(dep.handler):
+            return _marked_root_group(graph, module, pruning_fn, idxs, f"coupled to an abandoned walk: {cyclic}")
+    return group
 
 
 class AbandonedWalks:
@@ -228,7 +239,7 @@ class AbandonedWalks:
         The full key (every width, every index) is formed only for a root that has an outcome on this graph,
         so the sound walks, nearly all of them, pay for a dictionary look-up."""
         root = self._root(graph, module, pruning_fn)
-        key = self._key(graph, root, idxs) if root in self._roots else None
+        key = _walk_key(graph, root, idxs) if root in self._roots else None
         found = None if key is None else self._outcomes.get(key)
         self.matches += found is not None
         targets = None if found is None else self.modules(graph, found[1])
@@ -240,7 +251,7 @@ class AbandonedWalks:
     def remember(self, graph: Any, module: Any, pruning_fn: Any, idxs: Any, reason: str, reached: list[Any]) -> None:
         """Keep an abandoned walk's outcome (a walk changes no width, so the key is the one it started with)."""
         root = self._root(graph, module, pruning_fn)
-        key = self._key(graph, root, idxs)
+        key = _walk_key(graph, root, idxs)
         names = _node_names(graph) if key is not None else {}
         if key is None or any(id(m) not in names for m in reached):  # a layer outside the graph's nodes
             return
@@ -251,25 +262,7 @@ class AbandonedWalks:
 
     def _root(self, graph: Any, module: Any, pruning_fn: Any) -> tuple[Any, ...] | None:
         """(graph signature, root name, pruning function): which walks may have an outcome; None when not cached."""
-        if not self.enabled:
-            return None
-        try:
-            root = _node_names(graph)[id(module)]
-        except (AttributeError, KeyError, TypeError):
-            return None
-        return (_graph_signature(graph), root, getattr(pruning_fn, "__qualname__", repr(pruning_fn)))
-
-    @staticmethod
-    def _key(graph: Any, root: tuple[Any, ...] | None, idxs: Any) -> tuple[Any, ...] | None:
-        """The walk's identity: its root, the current widths of every layer, the guards and the indices."""
-        if root is None:
-            return None
-        try:
-            widths = hash(tuple(tuple(p.shape) for p in graph.model.parameters()))
-            indices = tuple(int(i) for i in idxs) if hasattr(idxs, "__iter__") else (int(idxs),)
-        except (AttributeError, TypeError, ValueError):
-            return None
-        return (*root, widths, probed().states(), indices)
+        return _walk_root(graph, module, pruning_fn) if self.enabled else None
 
     @staticmethod
     def modules(graph: Any, reached: tuple[str, ...]) -> list[Any] | None:
@@ -286,6 +279,138 @@ class AbandonedWalks:
 
 ABANDONED = AbandonedWalks()
 """This process's abandoned walks (:class:`AbandonedWalks`); ``ABANDONED.enabled = False`` walks every time."""
+
+
+def _walk_root(graph: Any, module: Any, pruning_fn: Any) -> tuple[Any, ...] | None:
+    """(graph signature, root name, pruning function) of a walk; None when the root has no stable name."""
+    try:
+        root = _node_names(graph)[id(module)]
+    except (AttributeError, KeyError, TypeError):
+        return None
+    return (_graph_signature(graph), root, getattr(pruning_fn, "__qualname__", repr(pruning_fn)))
+
+
+def _walk_key(graph: Any, root: tuple[Any, ...] | None, idxs: Any) -> tuple[Any, ...] | None:
+    """A walk's identity: its root, the current widths of every layer, the guards, the ignored parameters and
+    the indices: everything torch-pruning's walk reads besides the graph (in the signature)."""
+    if root is None:
+        return None
+    try:
+        widths = hash(tuple(tuple(p.shape) for p in graph.model.parameters()))
+        indices = tuple(int(i) for i in idxs) if hasattr(idxs, "__iter__") else (int(idxs),)
+        names = _node_names(graph)
+        ignored = tuple(sorted(names.get(id(p), "?") for p in getattr(graph, "ignored_params", None) or ()))
+    except (AttributeError, TypeError, ValueError):
+        return None
+    return (*root, widths, probed().states(), ignored, indices)
+
+
+class SoundWalks:
+    """The group of every long walk that closed, replayed when the same walk comes again on a graph of the model.
+
+    Why: walking is most of what tracing and pruning cost on graphs with many
+    concat/split/reshape mappings (``efficientvit_m0``, ``efficientformerv2_s0``,
+    ``coat_tiny``: tens of seconds a prune), and each walk comes again and
+    again: the pruner's constructor walks from every root, each step walks them
+    all once more, and the equivalence check, a retry and the other configs of
+    the model build graphs of the same model. The key is :class:`AbandonedWalks`'
+    (the walk reads nothing else), so a replay is the group walking would give:
+    the same members, indices and root indices, built from this graph's own
+    dependencies (found by their node's name and their position on it, which the
+    graph signature fixes). Anything that cannot be found again is a miss, and
+    the walk runs. Indices are kept as 32-bit arrays, :attr:`MAX_INDICES` of
+    them at most (about 32 MB; the oldest walks are dropped first).
+    """
+
+    MAX_INDICES = 8_000_000
+    ROOT = "<root>"
+
+    def __init__(self) -> None:
+        self._groups: dict[tuple[Any, ...], tuple[tuple[Any, ...], ...]] = {}
+        self._sizes: dict[tuple[Any, ...], int] = {}
+        self._total = 0  # indices kept, over every group
+        self.enabled = True
+        self.hits = 0  # walks replayed
+        self.kept = 0  # walks remembered
+
+    def key(self, graph: Any, module: Any, pruning_fn: Any, idxs: Any) -> tuple[Any, ...] | None:
+        return _walk_key(graph, _walk_root(graph, module, pruning_fn), idxs) if self.enabled else None
+
+    def remember(self, graph: Any, key: tuple[Any, ...] | None, module: Any, pruning_fn: Any, group: Any) -> None:
+        """Keep ``group`` under ``key``, each member by its dependency's node name and position (or the root)."""
+        if key is None or getattr(group, "tprune_cycle", None) is not None:
+            return
+        names, root = _node_names(graph), graph.module2node.get(module)
+        items: list[tuple[tuple[Any, ...], array[int], array[int]]] = []
+        for item in group.items:
+            dep = item.dep
+            position = next((i for i, d in enumerate(dep.source.dependencies) if d is dep), None)
+            if position is not None and id(dep.source.module) in names:
+                ref: tuple[Any, ...] = (names[id(dep.source.module)], position)
+            elif not items and dep.source is root and dep.target is root and dep.trigger == dep.handler:
+                ref = (self.ROOT, None if dep.handler == pruning_fn else dep.handler)
+            else:  # a dependency this graph does not hold: not replayable
+                return
+            try:
+                items.append((ref, array("i", map(int, item.idxs)), array("i", map(int, item.root_idxs or ()))))
+            except (TypeError, ValueError, OverflowError):  # an index that is not a plain channel number
+                return
+        size = sum(len(idxs) + len(roots) for _, idxs, roots in items)
+        if key in self._groups:
+            self._total -= self._sizes.pop(key)
+            del self._groups[key]
+        while self._groups and self._total + size > self.MAX_INDICES:
+            oldest = next(iter(self._groups))
+            self._total -= self._sizes.pop(oldest)
+            del self._groups[oldest]
+        self._groups[key], self._sizes[key] = tuple(items), size
+        self._total += size
+        self.kept += 1
+
+    def replay(self, graph: Any, key: tuple[Any, ...] | None, module: Any, pruning_fn: Any) -> Any:
+        """The kept group rebuilt on ``graph``, or None (then the walk runs)."""
+        stored = self._groups.get(key) if key is not None else None
+        parts: WalkParts | None = probed().found.get(BOUNDED)
+        if stored is None or parts is None:
+            return None
+        nodes = _nodes_by_name(graph)
+        group = parts.group()
+        for (where, which), idxs, roots in stored:
+            if where == self.ROOT:
+                fn, root = which or pruning_fn, graph.module2node[module]
+                dep = parts.dependency(fn, fn, source=root, target=root)
+            else:
+                node = nodes.get(where)
+                if node is None or which >= len(node.dependencies):
+                    return None
+                dep = node.dependencies[which]
+            item = parts.group_item(dep, idxs.tolist())
+            item.root_idxs = roots.tolist()
+            group.items.append(item)
+        group._DG = graph
+        self.hits += 1
+        return group
+
+    def clear(self) -> None:
+        self._groups.clear()
+        self._sizes.clear()
+        self._total = self.hits = self.kept = 0
+
+
+SOUND = SoundWalks()
+"""This process's closed long walks (:class:`SoundWalks`); ``SOUND.enabled = False`` walks every time."""
+
+
+def _nodes_by_name(graph: Any) -> dict[str, Any]:
+    """The graph's nodes by :func:`_node_names`' names, kept on the graph until its nodes are rebuilt."""
+    cached = graph.__dict__.get("tprune_nodes_by_name")
+    if cached is not None and cached[0] is graph.module2node:
+        found: dict[str, Any] = cached[1]
+        return found
+    names = _node_names(graph)
+    found = {names[id(m)]: node for m, node in graph.module2node.items()}
+    graph.tprune_nodes_by_name = (graph.module2node, found)
+    return found
 
 
 def _node_names(graph: Any) -> dict[int, str]:
