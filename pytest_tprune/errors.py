@@ -8,6 +8,8 @@ on valid input (exit status 1, a failed test) and names the step and the module.
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 """The exit codes of every ``tprune`` command: done; a failure (a prune, a regression); bad input."""
 
@@ -52,8 +54,32 @@ class CaseTimeout(BaseException):
 
 
 class CheckFailed(AssertionError):
-    """A check failed; ``check`` names which one (for the report)."""
+    """A check failed; ``check`` names which one (for the report).
+
+    Each check's failures are of their own subclass (:meth:`of`), so that a
+    known failure can expect exactly its check (``xfail(raises=CheckFailed.of("equivalence"))``):
+    when that check starts to pass and another one fails instead, the case
+    fails with the new message instead of reading as the old known failure.
+    """
+
+    _by_check: ClassVar[dict[str, type[CheckFailed]]] = {}
+
+    def __new__(cls, check: str, message: str) -> CheckFailed:
+        return super().__new__(CheckFailed.of(check) if cls is CheckFailed else cls, check, message)
 
     def __init__(self, check: str, message: str) -> None:
         self.check = check
         super().__init__(f"[{check}] {message}")
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickles as CheckFailed(check, message): the subclass is remade
+        return (CheckFailed, (self.check, str(self)[len(self.check) + 3 :]))
+
+    @staticmethod
+    def of(check: str) -> type[CheckFailed]:
+        """The class of ``check``'s failures (made once per check name), a subclass of :class:`CheckFailed`."""
+        found = CheckFailed._by_check.get(check)
+        if found is None:
+            name = "".join(part.title() for part in check.replace("-", "_").split("_")) + "CheckFailed"
+            found = type(name, (CheckFailed,), {"__module__": __name__, "__doc__": f"The {check} check failed."})
+            CheckFailed._by_check[check] = found
+        return found

@@ -196,3 +196,40 @@ def test_every_default_grid_case_accounts_for_all_its_groups() -> None:
     outcome = prune(timm_spec("test_vit"), PruneConfig(0.3, global_pruning=True), "cpu").outcome
     counts = group_accounting(outcome)
     assert counts["skipped"] == 0 and counts["offered"] == len(outcome.offered) > 0 and counts["ignored"] == 1
+
+
+KNOWN_FAILURE_PROJECT = """
+from torch import nn
+from pytest_tprune import register_model
+
+@register_model(input_size=(3, 16, 16), ignored_layers=lambda m: [m[-1]], known_failure={cause!r})
+def small_cnn():
+    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.Flatten(), nn.Linear(8 * 12 * 12, 4))
+"""
+
+
+@pytest.mark.parametrize(
+    ("cause", "outcome"),
+    [
+        ("[golden] the golden is not written yet", {"xfailed": 1}),
+        ("[equivalence] a wrong channel is kept", {"failed": 1}),
+        ("a cause that names no check", {"xfailed": 1}),
+    ],
+    ids=["the-named-check-fails", "another-check-fails", "no-check-named"],
+)
+def test_a_known_failure_holds_only_for_the_check_it_names(
+    pytester: pytest.Pytester, cause: str, outcome: dict[str, int]
+) -> None:
+    """The case fails its golden check (none is written): a known failure naming ``[golden]`` is that xfail, one
+    naming ``[equivalence]`` is not (the case fails, with the golden's message), so a known failure whose check
+    started to pass cannot hide a new failure of another check behind the old reason."""
+    pytester.makeconftest(KNOWN_FAILURE_PROJECT.format(cause=cause))
+    pytester.makepyfile(test_small="def test_prune(tprune_case):\n    tprune_case.check_all()\n")
+    result = pytester.runpytest_inprocess(
+        "-p", "no:xdist", "-p", "no:cacheprovider", "--tprune-ratios=0.5", "--tprune-modes=local"
+    )
+    result.assert_outcomes(**outcome)
+    if "failed" in outcome:
+        result.stdout.fnmatch_lines(
+            ["*GoldenCheckFailed: [[]golden[]] golden file *small_cnn*r0.50-local.json is missing*"]
+        )

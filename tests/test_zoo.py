@@ -14,6 +14,8 @@ tests below split that selection by cost:
 * ``test_heads``: the ViTs at 0.5 uniform removing half their heads whole
   (``prune_num_heads``, ``head_pruning_ratio=0.5``);
 * ``test_family``: one case per family, 0.5 uniform, the rest of the zoo;
+* at 0.5 uniform (the seed's config) every case is also exported (``check_export``: torch.export,
+  jit.trace, onnx where installed) before its other checks, so that its golden records the outcomes;
 * ``test_model``: any other selected model (zoo mode, ``--tprune-models='*'``),
   at the run's ratios and modes; the default selection leaves it empty.
 
@@ -32,8 +34,15 @@ GRID_MODELS = ["test_*", "vit_base_patch32_224"]
 ATTENTION_MODELS = ["test_vit*", "vit_base_patch32_224"]
 
 
+SEED_CONFIG = "r0.50-local"
+"""The seed's config: at it every model of the default selection is also exported (torch.export, jit.trace, and
+onnx where installed), so the report and the goldens say which families still deploy after pruning."""
+
+
 @pytest.mark.tprune(models=GRID_MODELS)
 def test_prune(tprune_case: TpruneCase) -> None:
+    if tprune_case.config.config_id == SEED_CONFIG:
+        tprune_case.check_export()
     tprune_case.check_all()
 
 
@@ -53,6 +62,7 @@ def test_heads(tprune_case: TpruneCase) -> None:
 
 @pytest.mark.tprune(models=["@families"], exclude=GRID_MODELS, ratios=[0.5], modes=["local"])
 def test_family(tprune_case: TpruneCase) -> None:
+    tprune_case.check_export()
     tprune_case.check_all()
 
 

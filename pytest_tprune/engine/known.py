@@ -9,6 +9,7 @@ expected failure, so an upgrade that fixes it shows up as an unexpected pass.
 from __future__ import annotations
 
 import fnmatch
+import re
 
 HANG_LIMIT_S = 10.0
 """Time limit for a known hang: long enough to finish if an upgrade fixes it."""
@@ -19,14 +20,6 @@ _RAW_FAILURES: dict[str, object] = {
         "local ranking scope named 'attn_pool.proj' (base_pruner.py _prune: ranking_scope[module_name] = "
         "[record], keyed by the root's name without its direction), so attn_pool.proj's own output group is "
         "ranked and never pruned"
-    ),
-    "ghostnet_050@r0.50-local": (
-        "[equivalence] torch-pruning removes more channels than the ratio asks, the best-scored included: a "
-        "GhostModule concatenates its primary conv's output with a depthwise conv of it, so removing output j "
-        "of the depthwise half also removes primary channel j; the group's indices are closed over that "
-        "coupling after ranking (dependency/index_mapping.py _ConcatIndexMapping, _SliceIndexMapping), and on "
-        "the perturbed copy blocks.1.0.shortcut.0's group loses 6 of 8 channels at ratio 0.5, channel 3 "
-        "(the highest score) with them"
     ),
 }
 """model pattern -> {config-id pattern: one-line root cause, or None where an exact config id is known
@@ -83,6 +76,12 @@ def known_failure(name: str) -> dict[str, str | None] | None:
 
 def is_hang(reason: str | None) -> bool:
     return bool(reason) and str(reason).startswith("hang:")
+
+
+def failing_check(reason: str | None) -> str | None:
+    """The check a known failure's cause names (``"[equivalence] torch-pruning removes ..."``), or None."""
+    match = re.match(r"\[([a-z_]+)\] ", reason or "")
+    return match.group(1) if match else None
 
 
 def reduction_band(name: str) -> tuple[tuple[float, float], str] | None:

@@ -118,14 +118,16 @@ def narrow_models(names: list[str], patterns: Any, exclude: Any = None) -> list[
 
 
 def case_marks(spec: ModelSpec, config_id: str) -> list[Any]:
-    """A known failure is a strict xfail (a known hang must end in the time limit)."""
+    """A known failure is a strict xfail of what it names: a known hang must end in the time limit, and a
+    cause that names a check (``[equivalence] ...``) must fail that check; anything else fails the case."""
     marks: list[Any] = []
     reason = spec.failure_reason(config_id)
     if reason:
-        from pytest_tprune.engine.known import is_hang
-        from pytest_tprune.errors import CaseTimeout
+        from pytest_tprune.engine.known import failing_check, is_hang
+        from pytest_tprune.errors import CaseTimeout, CheckFailed
 
-        raises = CaseTimeout if is_hang(reason) else None
+        check = failing_check(reason)
+        raises = CaseTimeout if is_hang(reason) else CheckFailed.of(check) if check else None
         marks.append(pytest.mark.xfail(strict=True, raises=raises, reason=f"known failure: {reason}"))
     return marks
 

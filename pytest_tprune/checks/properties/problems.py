@@ -22,8 +22,12 @@ TIE_TOLERANCE = 1e-6
 """Relative slack of the criterion check: equal scores may be ranked either way."""
 
 
-def same_model_problems(first: nn.Module, second: nn.Module, inputs: torch.Tensor, what: str) -> list[str]:
-    """Shapes, tensor values and outputs of two models must be bit-identical; ``what`` names the pair."""
+def same_model_problems(
+    first: nn.Module, second: nn.Module, inputs: torch.Tensor, what: str, first_output: torch.Tensor | None = None
+) -> list[str]:
+    """Shapes, tensor values and outputs of two models must be bit-identical; ``what`` names the pair.
+
+    ``first_output`` is ``first``'s eval output on ``inputs`` when the caller has it (one forward fewer)."""
     import torch
 
     problems = []
@@ -36,7 +40,8 @@ def same_model_problems(first: nn.Module, second: nn.Module, inputs: torch.Tenso
         other = state_b.get(name)
         if other is not None and other.shape == tensor.shape and not torch.equal(tensor, other):
             problems.append(f"{what}: layer tensor {name} has different values")
-    out_a, out_b = eval_output(first, inputs), eval_output(second, inputs)
+    out_a = eval_output(first, inputs) if first_output is None else first_output
+    out_b = eval_output(second, inputs)
     if out_a.shape != out_b.shape:
         problems.append(f"{what}: output shapes {list(out_a.shape)} vs {list(out_b.shape)}")
     elif not torch.equal(out_a, out_b):

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pytest_tprune.checks.properties.problems import same_model_problems
+from pytest_tprune.engine.measure import eval_output
 
 if TYPE_CHECKING:
     import torch
@@ -77,9 +78,12 @@ def _error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
 
 
-def loaded_problems(pruned: nn.Module, loaded: nn.Module, inputs: torch.Tensor, what: str) -> list[str]:
-    """``loaded`` equals ``pruned`` bit for bit and shares no tensor with it."""
-    problems = same_model_problems(pruned, loaded, inputs, f"{what} differs from the pruned one")
+def loaded_problems(
+    pruned: nn.Module, loaded: nn.Module, inputs: torch.Tensor, what: str, pruned_output: torch.Tensor | None = None
+) -> list[str]:
+    """``loaded`` equals ``pruned`` bit for bit and shares no tensor with it (``pruned_output``: ``pruned``'s
+    eval output on ``inputs``, when the caller has it)."""
+    problems = same_model_problems(pruned, loaded, inputs, f"{what} differs from the pruned one", pruned_output)
     pointers = {p.data_ptr() for p in pruned.parameters()}
     shared = [n for n, p in loaded.named_parameters() if p.data_ptr() in pointers]
     if shared:
@@ -108,6 +112,13 @@ def save_load_round_trips(
     def fresh() -> nn.Module:
         return copy.deepcopy(unpruned)
 
+    outputs: list[torch.Tensor] = []  # the pruned model's eval output, computed once for every way
+
+    def pruned_output() -> torch.Tensor:
+        if not outputs:
+            outputs.append(eval_output(pruned, inputs))
+        return outputs[0]
+
     for path in paths:
         if path in known:
             found.paths[path] = known[path]
@@ -124,7 +135,7 @@ def save_load_round_trips(
             found.paths[path] = f"broken by pruning: {_error(exc)}"
             found.problems.append(f"{path}: fails on the pruned model ({_error(exc)}), works on the unpruned one")
             continue
-        problems = loaded_problems(pruned, loaded, inputs, f"{path}: loaded model")
+        problems = loaded_problems(pruned, loaded, inputs, f"{path}: loaded model", pruned_output())
         found.paths[path] = "differs" if problems else "ok"
         found.problems += problems
     return found
