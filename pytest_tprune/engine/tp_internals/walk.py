@@ -166,13 +166,13 @@ def _bounded_graph_class(base: Any) -> type:
             known = self.tprune_cyclic.get(module) if self.is_out_channel_pruning_fn(pruning_fn) else None
             if known is not None:
                 return _marked_root_group(self, module, pruning_fn, idxs, known)
-            replay = ABANDONED.replay(self, module, pruning_fn, idxs)
+            key = walk_key(self, module, pruning_fn, idxs)  # one key for both caches: a walk changes no width
+            replay = ABANDONED.replay(self, key)
             if replay is not None:  # the same walk, abandoned before: its outcome
                 reason, targets = replay
                 for target in targets:
                     self.tprune_cyclic.setdefault(target, reason)
                 return _marked_root_group(self, module, pruning_fn, idxs, reason)
-            key = SOUND.key(self, module, pruning_fn, idxs)
             group = SOUND.replay(self, key, module, pruning_fn)
             if group is not None:  # the same walk, closed before: its group, on this graph
                 return _coupled_to_cycle(self, module, pruning_fn, idxs, group)
@@ -188,7 +188,7 @@ def _bounded_graph_class(base: Any) -> type:
                 ]
                 for target in reached:
                     self.tprune_cyclic.setdefault(target, reason)
-                ABANDONED.remember(self, module, pruning_fn, idxs, reason, reached)
+                ABANDONED.remember(self, key, reason, reached)
                 return _marked_root_group(self, module, pruning_fn, idxs, reason)
             finally:
                 self.tprune_walk_reached = []
@@ -228,19 +228,14 @@ class AbandonedWalks:
 
     def __init__(self) -> None:
         self._outcomes: dict[tuple[Any, ...], tuple[str, tuple[str, ...]]] = {}
-        self._roots: set[tuple[Any, ...]] = set()  # (graph, root, handler) of every outcome: most walks need no key
         self.enabled = True
         self.matches = 0  # look-ups that found an outcome under their key
         self.hits = 0  # of those, the ones replayed (every node they name is in the graph)
 
-    def replay(self, graph: Any, module: Any, pruning_fn: Any, idxs: Any) -> tuple[str, list[Any]] | None:
-        """The reason and the layers an earlier identical walk marked cyclic, or None (then the walk runs).
-
-        The full key (every width, every index) is formed only for a root that has an outcome on this graph,
-        so the sound walks, nearly all of them, pay for a dictionary look-up."""
-        root = self._root(graph, module, pruning_fn)
-        key = _walk_key(graph, root, idxs) if root in self._roots else None
-        found = None if key is None else self._outcomes.get(key)
+    def replay(self, graph: Any, key: tuple[Any, ...] | None) -> tuple[str, list[Any]] | None:
+        """The reason and the layers an earlier walk of ``key`` (:func:`walk_key`) marked cyclic, or None (then
+        the walk runs)."""
+        found = None if key is None or not self.enabled else self._outcomes.get(key)
         self.matches += found is not None
         targets = None if found is None else self.modules(graph, found[1])
         if found is None or targets is None:
@@ -248,32 +243,26 @@ class AbandonedWalks:
         self.hits += 1
         return found[0], targets
 
-    def remember(self, graph: Any, module: Any, pruning_fn: Any, idxs: Any, reason: str, reached: list[Any]) -> None:
-        """Keep an abandoned walk's outcome (a walk changes no width, so the key is the one it started with)."""
-        root = self._root(graph, module, pruning_fn)
-        key = _walk_key(graph, root, idxs)
-        names = _node_names(graph) if key is not None else {}
-        if key is None or any(id(m) not in names for m in reached):  # a layer outside the graph's nodes
+    def remember(self, graph: Any, key: tuple[Any, ...] | None, reason: str, reached: list[Any]) -> None:
+        """Keep an abandoned walk's outcome under the key it started with (a walk changes no width)."""
+        if key is None or not self.enabled:
+            return
+        names = _node_names(graph)
+        if any(id(m) not in names for m in reached):  # a layer outside the graph's nodes
             return
         if len(self._outcomes) >= self.LIMIT:
             self._outcomes.pop(next(iter(self._outcomes)))
         self._outcomes[key] = (reason, tuple(names[id(m)] for m in reached))
-        self._roots.add(key[:3])
-
-    def _root(self, graph: Any, module: Any, pruning_fn: Any) -> tuple[Any, ...] | None:
-        """(graph signature, root name, pruning function): which walks may have an outcome; None when not cached."""
-        return _walk_root(graph, module, pruning_fn) if self.enabled else None
 
     @staticmethod
     def modules(graph: Any, reached: tuple[str, ...]) -> list[Any] | None:
-        """The graph's nodes of these names; None when one is missing (then the walk runs)."""
-        by_name = {name: m for m, name in zip(graph.module2node, _node_names(graph).values(), strict=True)}
-        found = [by_name.get(name) for name in reached]
-        return None if any(m is None for m in found) else found
+        """The graph's layers of these names; None when one is missing (then the walk runs)."""
+        nodes = _nodes_by_name(graph)
+        found = [nodes[name].module for name in reached if name in nodes]
+        return found if len(found) == len(reached) else None
 
     def clear(self) -> None:
         self._outcomes.clear()
-        self._roots.clear()
         self.matches = self.hits = 0
 
 
@@ -288,6 +277,13 @@ def _walk_root(graph: Any, module: Any, pruning_fn: Any) -> tuple[Any, ...] | No
     except (AttributeError, KeyError, TypeError):
         return None
     return (_graph_signature(graph), root, getattr(pruning_fn, "__qualname__", repr(pruning_fn)))
+
+
+def walk_key(graph: Any, module: Any, pruning_fn: Any, idxs: Any) -> tuple[Any, ...] | None:
+    """The key both caches keep a walk under, or None when neither is on or it cannot be formed."""
+    if not (ABANDONED.enabled or SOUND.enabled):
+        return None
+    return _walk_key(graph, _walk_root(graph, module, pruning_fn), idxs)
 
 
 def _walk_key(graph: Any, root: tuple[Any, ...] | None, idxs: Any) -> tuple[Any, ...] | None:
@@ -333,12 +329,9 @@ class SoundWalks:
         self.hits = 0  # walks replayed
         self.kept = 0  # walks remembered
 
-    def key(self, graph: Any, module: Any, pruning_fn: Any, idxs: Any) -> tuple[Any, ...] | None:
-        return _walk_key(graph, _walk_root(graph, module, pruning_fn), idxs) if self.enabled else None
-
     def remember(self, graph: Any, key: tuple[Any, ...] | None, module: Any, pruning_fn: Any, group: Any) -> None:
         """Keep ``group`` under ``key``, each member by its dependency's node name and position (or the root)."""
-        if key is None or getattr(group, "tprune_cycle", None) is not None:
+        if key is None or not self.enabled or getattr(group, "tprune_cycle", None) is not None:
             return
         names, root = _node_names(graph), graph.module2node.get(module)
         items: list[tuple[tuple[Any, ...], array[int], array[int]]] = []
@@ -369,7 +362,7 @@ class SoundWalks:
 
     def replay(self, graph: Any, key: tuple[Any, ...] | None, module: Any, pruning_fn: Any) -> Any:
         """The kept group rebuilt on ``graph``, or None (then the walk runs)."""
-        stored = self._groups.get(key) if key is not None else None
+        stored = self._groups.get(key) if key is not None and self.enabled else None
         parts: WalkParts | None = probed().found.get(BOUNDED)
         if stored is None or parts is None:
             return None
