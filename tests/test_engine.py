@@ -62,6 +62,13 @@ def test_input_cap_respects_fixed_input_size() -> None:
     assert timm_input_size("resnet50", cap=64) == (3, 64, 64)
 
 
+def test_input_cap_keeps_a_model_on_the_grid_its_minimum_size_declares() -> None:
+    """deepseek_vit_412m (546 px default, 126 px minimum, patches of 14) rejects 160 px; the cap gives 126."""
+    assert timm_input_size("deepseek_vit_412m", cap=160) == (3, 126, 126)
+    assert timm_input_size("sam2_hiera_tiny", cap=160) == (3, 224, 224)  # never below the minimum
+    assert timm_input_size("nasnetalarge", cap=160) == (3, 160, 160)  # no minimum: the cap as given
+
+
 def test_unknown_model_suggests_close_names() -> None:
     with pytest.raises(UsageError, match=r"did you mean: .*vit_base_patch32_224"):
         check_timm_name("vit_base_patch32_22")

@@ -128,16 +128,17 @@ def walks() -> Iterator[walk.SoundWalks]:
     walk.ABANDONED.clear()
     yield walk.SOUND
     walk.SOUND.enabled = walk.ABANDONED.enabled = True
+    walk.SOUND.replaying = walk.ABANDONED.replaying = True
     walk.SOUND.clear()
     walk.ABANDONED.clear()
 
 
 def _fresh_and_replayed(spec: ModelSpec, config: PruneConfig, walks: walk.SoundWalks) -> tuple[Any, Any, int]:
-    """The golden with every walk walked, the golden of a second prune with both caches on, and its replays."""
-    walks.enabled = walk.ABANDONED.enabled = False
+    """The golden with every walk walked (and remembered, none replayed), then the golden of a second prune
+    that replays them, and how many it replayed."""
+    walks.replaying = walk.ABANDONED.replaying = False
     fresh = _golden(spec, config)
-    walks.enabled = walk.ABANDONED.enabled = True
-    _golden(spec, config)  # fills the caches
+    walks.replaying = walk.ABANDONED.replaying = True
     before = walks.hits
     replayed = _golden(spec, config)
     return fresh, replayed, walks.hits - before

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import math
 import re
 import traceback
 from collections.abc import Callable, Iterable, Mapping
@@ -263,7 +264,10 @@ def timm_input_size(name: str, cap: int | None = None) -> tuple[int, int, int]:
     """The model's pretrained ``input_size``, its spatial size capped when allowed.
 
     A cap is ignored for models with ``fixed_input_size`` (position embeddings,
-    windows sized at build time) and never goes below ``min_input_size``.
+    windows sized at build time) and never goes below ``min_input_size``. A
+    model that declares a minimum takes sizes on the grid its default and its
+    minimum share (``deepseek_vit_412m``: 546 and 126, patches of 14), so the
+    capped side is rounded down to a multiple of their greatest common divisor.
     """
     import timm
 
@@ -272,8 +276,16 @@ def timm_input_size(name: str, cap: int | None = None) -> tuple[int, int, int]:
     channels, height, width = size
     if cap is None or cfg is None or cfg.fixed_input_size:
         return channels, height, width
-    floor = cfg.min_input_size[1:] if cfg.min_input_size else (1, 1)
-    return channels, max(min(height, cap), floor[0]), max(min(width, cap), floor[1])
+    floor = tuple(cfg.min_input_size[1:]) if cfg.min_input_size else (1, 1)
+    return channels, _capped_side(height, cap, floor[0]), _capped_side(width, cap, floor[1])
+
+
+def _capped_side(side: int, cap: int, floor: int) -> int:
+    """``side`` capped at ``cap``, on the grid of ``side`` and ``floor`` (see :func:`timm_input_size`), >= floor."""
+    if side <= cap:
+        return side
+    step = math.gcd(side, floor) if floor > 1 else 1
+    return max(cap // step * step, floor)
 
 
 def timm_spec(name: str, input_cap: int | None = None, pretrained: bool = False) -> ModelSpec:

@@ -229,13 +229,14 @@ class AbandonedWalks:
     def __init__(self) -> None:
         self._outcomes: dict[tuple[Any, ...], tuple[str, tuple[str, ...]]] = {}
         self.enabled = True
+        self.replaying = True  # False: walks are remembered but never replayed (a fresh prune that fills the cache)
         self.matches = 0  # look-ups that found an outcome under their key
         self.hits = 0  # of those, the ones replayed (every node they name is in the graph)
 
     def replay(self, graph: Any, key: tuple[Any, ...] | None) -> tuple[str, list[Any]] | None:
         """The reason and the layers an earlier walk of ``key`` (:func:`walk_key`) marked cyclic, or None (then
         the walk runs)."""
-        found = None if key is None or not self.enabled else self._outcomes.get(key)
+        found = None if key is None or not (self.enabled and self.replaying) else self._outcomes.get(key)
         self.matches += found is not None
         targets = None if found is None else self.modules(graph, found[1])
         if found is None or targets is None:
@@ -326,6 +327,7 @@ class SoundWalks:
         self._sizes: dict[tuple[Any, ...], int] = {}
         self._total = 0  # indices kept, over every group
         self.enabled = True
+        self.replaying = True  # False: walks are remembered but never replayed (a fresh prune that fills the cache)
         self.hits = 0  # walks replayed
         self.kept = 0  # walks remembered
 
@@ -362,7 +364,7 @@ class SoundWalks:
 
     def replay(self, graph: Any, key: tuple[Any, ...] | None, module: Any, pruning_fn: Any) -> Any:
         """The kept group rebuilt on ``graph``, or None (then the walk runs)."""
-        stored = self._groups.get(key) if key is not None and self.enabled else None
+        stored = self._groups.get(key) if key is not None and self.enabled and self.replaying else None
         parts: WalkParts | None = probed().found.get(BOUNDED)
         if stored is None or parts is None:
             return None
