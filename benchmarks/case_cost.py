@@ -10,11 +10,21 @@ For every model, in fresh subprocesses (so peak RSS is the case's own):
 * (a) **bare**: seeded ``timm.create_model(pretrained=False)``, MetaPruner with
   L2 group magnitude at ratio 0.5, uniform, classifier ignored, heads for
   attention; one forward; ``count_ops_and_params`` before and after.
-* (b) **suite**: ``pytest`` on that one case (``r0.50-local``, all four
-  checks, goldens compared) in a scratch project; its goldens are written by an
-  unmeasured first run, so the measured run is the CI path.
+* (b) **suite**: ``pytest`` on that one case (``r0.50-local``, every check,
+  export included, goldens compared, latency timed) in a scratch project; its
+  goldens are written by an unmeasured first run, so the measured run is the
+  CI path.
+* (c) **amortised**: the project's own ``tests/test_zoo.py`` narrowed to the
+  model, in one process, every check on (export in every case, not only at the
+  seed's config as the suite does): the model's cases of the default selection
+  (the grid, ``round_to=8``, Taylor and head pruning for a grid model; the
+  run's four ratio x mode configs for any other), measured time over the
+  cases, so what a model's cases share (the pristine model, its baseline, the
+  perturbed copy, the walk caches) is paid once, as in CI. Goldens again come
+  from an unmeasured first run. The input is the model's own size on all three
+  sides (the project's ``tprune_input_size`` cap is lifted with ``-o``).
 
-Each side runs ``REPEATS`` times and keeps its fastest run.
+Each side runs ``--repeats`` times (default ``REPEATS``) and keeps its fastest run.
 
 Both sides are timed from after the imports (the suite's figure is the test
 item's setup + call + teardown), because imports are paid once per process,
@@ -26,7 +36,7 @@ worker's memory high-water mark against the largest single case.
 
 Usage::
 
-    python benchmarks/case_cost.py [--models a,b] [--throughput] [--markdown benchmarks/RESULTS.md]
+    python benchmarks/case_cost.py [--models a,b] [--repeats N] [--no-amortised] [--throughput] [--markdown FILE]
 """
 
 from __future__ import annotations
@@ -49,7 +59,29 @@ SEED = 0
 HEAVIEST_GRID_CASES = ("vit_base_patch32_224", "test_coatnet", "test_maxvit")
 """The grid's largest single cases by peak memory: ViT-B/32, and the two known hangs, whose
 dependency-graph loop grows memory until the time limit stops it."""
-BREAKDOWN = ("pristine", "build", "count", "trace", "prune", "adapt", "forward", "shapes", "golden", "reduction")
+BREAKDOWN = (
+    "pristine",
+    "build",
+    "count",
+    "trace",
+    "prune",
+    "adapt",
+    "forward",
+    "shapes",
+    "groups",
+    "equivalence",
+    "export",
+    "stock",
+    "golden",
+    "reduction",
+    "latency",
+)
+"""The steps of a case the plugin's JSON report times, in the order a case runs them (``golden`` includes
+``stock``, the stock run it records; ``latency`` is timed last, from the report row)."""
+ALL_CHECKS = "forward,shapes,groups,equivalence,export,golden,reduction"
+"""Every check, the opt-in ``export`` included."""
+UNCAPPED = ("-o", "tprune_input_size=")
+"""Lifts the project's input cap (``tprune_input_size`` in pyproject.toml): every side runs at the model's own size."""
 
 BARE_CHILD = r"""
 import json, resource, sys, time
@@ -101,6 +133,7 @@ print(json.dumps({
 """
 
 TEST_FILE = "def test_prune(tprune_case):\n    tprune_case.check_all()\n"
+"""The lone case: ``check_all()`` with ``--tprune-checks`` naming every check (export included)."""
 
 
 def run_json(args: list[str], cwd: Path | None = None, timeout: float = 1800) -> dict[str, Any]:
@@ -120,8 +153,8 @@ REPEATS = 3
 single run can be off by 2x, and the minimum is the figure closest to the code's own cost."""
 
 
-def bare(model: str) -> dict[str, Any]:
-    runs = [run_json(["-c", BARE_CHILD, model, str(RATIO), str(SEED)]) for _ in range(REPEATS)]
+def bare(model: str, repeats: int = REPEATS) -> dict[str, Any]:
+    runs = [run_json(["-c", BARE_CHILD, model, str(RATIO), str(SEED)]) for _ in range(repeats)]
     return min(runs, key=lambda r: float(r["work_s"]))
 
 
@@ -139,11 +172,13 @@ def one_case_args(model: str, *extra: str) -> list[str]:
         f"--tprune-ratios={RATIO}",
         "--tprune-modes=local",
         f"--tprune-seed={SEED}",
+        f"--tprune-checks={ALL_CHECKS}",
+        *UNCAPPED,
         *extra,
     ]
 
 
-def suite(model: str, scratch: Path) -> dict[str, Any]:
+def suite(model: str, scratch: Path, repeats: int = REPEATS) -> dict[str, Any]:
     """One case through pytest: an unmeasured run writes its goldens, the measured one compares."""
     project = scratch / model
     project.mkdir(parents=True, exist_ok=True)
@@ -153,7 +188,7 @@ def suite(model: str, scratch: Path) -> dict[str, Any]:
     common = one_case_args(model, "--rootdir", str(project), str(project / "test_case.py"))
     run_json([*common, "--tprune-update-golden"], cwd=project)
     runs = []
-    for _ in range(REPEATS):
+    for _ in range(repeats):
         measured = run_json([*common, f"--tprune-report={report}"], cwd=project)
         if measured["exit"] != 0:
             raise SystemExit(f"the suite failed on {model}: exit {measured['exit']}")
@@ -162,6 +197,41 @@ def suite(model: str, scratch: Path) -> dict[str, Any]:
         measured["durations"] = row["durations"]
         runs.append(measured)
     return min(runs, key=lambda r: float(r["case_s"]))
+
+
+def amortised(model: str, scratch: Path, repeats: int = REPEATS) -> dict[str, Any]:
+    """``model``'s cases of the default selection in one process (``tests/test_zoo.py`` narrowed to it), every
+    check on: measured seconds per case, the fastest of ``repeats`` runs, goldens written by a first run."""
+    golden = scratch / f"amortised-{model}"
+    report = scratch / f"amortised-{model}.json"
+    args = [
+        "-c",
+        SUITE_CHILD,
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        "no:xdist",
+        str(ROOT / "tests" / "test_zoo.py"),
+        f"--tprune-models={model}",
+        f"--tprune-seed={SEED}",
+        f"--tprune-checks={ALL_CHECKS}",
+        f"--tprune-golden-dir={golden}",
+        *UNCAPPED,
+    ]
+    run_json([*args, "--tprune-update-golden"], cwd=ROOT)
+    runs = []
+    for _ in range(repeats):
+        measured = run_json([*args, f"--tprune-report={report}"], cwd=ROOT)
+        rows = json.loads(report.read_text())["cases"]
+        failed = [row["nodeid"] for row in rows if row["outcome"] not in ("passed", "xfailed")]
+        if measured["exit"] != 0 or failed:
+            raise SystemExit(f"the suite failed on {model}'s cases: exit {measured['exit']}, {failed}")
+        measured["cases"] = len(rows)
+        measured["per_case_s"] = sum(measured["items"].values()) / len(rows)
+        measured["configs"] = sorted(row["config_id"] for row in rows)
+        runs.append(measured)
+    return min(runs, key=lambda r: float(r["per_case_s"]))
 
 
 def single_case_peak(model: str, scratch: Path) -> float:
@@ -206,15 +276,20 @@ def machine() -> str:
 
 def render(rows: list[dict[str, Any]], grid: list[dict[str, Any]], single_peak: float | None) -> str:
     lines = [
-        "| model | bare (s) | suite case (s) | b/a | bare peak RSS (MB) | suite peak RSS (MB) | suite wall (s) |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| model | bare (s) | suite case (s) | b/a | cases | amortised per case (s) | c/a | bare peak RSS (MB) "
+        "| suite peak RSS (MB) | suite wall (s) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
-        a, b = row["bare"], row["suite"]
+        a, b, c = row["bare"], row["suite"], row.get("amortised")
+        shared = f"{c['cases']} | {c['per_case_s']:.2f} | {c['per_case_s'] / a['work_s']:.2f}" if c else "- | - | -"
         lines.append(
             f"| `{row['model']}` | {a['work_s']:.2f} | {b['case_s']:.2f} | {b['case_s'] / a['work_s']:.2f} | "
-            f"{a['peak_rss_mb']:.0f} | {b['peak_rss_mb']:.0f} | {b['wall_s']:.1f} |"
+            f"{shared} | {a['peak_rss_mb']:.0f} | {b['peak_rss_mb']:.0f} | {b['wall_s']:.1f} |"
         )
+    configs = {row["model"]: row["amortised"]["configs"] for row in rows if row.get("amortised")}
+    if configs:
+        lines += ["", "Cases amortised over: " + "; ".join(f"`{m}` {', '.join(c)}" for m, c in configs.items())]
     lines += ["", "Breakdown of the suite case (s), from the plugin's JSON report:", ""]
     lines.append("| model | " + " | ".join(BREAKDOWN) + " |")
     lines.append("|---|" + "---:|" * len(BREAKDOWN))
@@ -244,14 +319,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated timm models")
     parser.add_argument("--throughput", action="store_true", help="also time the grid with -n 1 and -n 2")
     parser.add_argument("--markdown", type=Path, help="also write the tables to this file")
+    parser.add_argument("--repeats", type=int, default=REPEATS, help=f"runs per side, fastest kept (default {REPEATS})")
+    parser.add_argument("--no-amortised", action="store_true", help="leave out column (c), the model's cases together")
     args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
     rows = []
     with tempfile.TemporaryDirectory(prefix="tprune-bench-") as tmp:
         scratch = Path(tmp)
         for model in [m for m in args.models.split(",") if m]:
-            row = {"model": model, "bare": bare(model), "suite": suite(model, scratch)}
+            row = {"model": model, "bare": bare(model, args.repeats), "suite": suite(model, scratch, args.repeats)}
+            if not args.no_amortised:
+                row["amortised"] = amortised(model, scratch, args.repeats)
             rows.append(row)
-            print(f"{model}: bare {row['bare']['work_s']:.2f} s, suite {row['suite']['case_s']:.2f} s", flush=True)
+            shared = f", amortised {row['amortised']['per_case_s']:.2f} s a case" if "amortised" in row else ""
+            lone = f"{model}: bare {row['bare']['work_s']:.2f} s, suite {row['suite']['case_s']:.2f} s"
+            print(lone + shared, flush=True)
         grid = []
         single = None
         if args.throughput:

@@ -11,6 +11,7 @@ the group.
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -92,10 +93,17 @@ DEFAULT_CASE = ("--tprune-models=mobilenetv3_small_050", "--tprune-ratios=0.5", 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _default_input_size() -> str:
+    """The input cap pyproject.toml gives the default selection: the committed goldens were written at it."""
+    found = re.search(r'^tprune_input_size = "(\d+)"$', (ROOT / "pyproject.toml").read_text(), re.MULTILINE)
+    assert found, "pyproject.toml sets no tprune_input_size"
+    return found[1]
+
+
 @pytest.fixture
 def default_selection_case(pytester: pytest.Pytester) -> pytest.Pytester:
-    """A project holding the representative's committed golden, run with the default checks."""
-    pytester.makefile(".toml", pyproject="[tool.pytest.ini_options]\n")
+    """A project holding the representative's committed golden, run with the default checks and input size."""
+    pytester.makefile(".toml", pyproject=f'[tool.pytest.ini_options]\ntprune_input_size = "{_default_input_size()}"\n')
     pytester.makepyfile(test_prune="def test_prune(tprune_case):\n    tprune_case.check_all()\n")
     target = pytester.path / "golden" / FAMILY_REPRESENTATIVE
     target.mkdir(parents=True)
