@@ -158,8 +158,9 @@ def bare(model: str, repeats: int = REPEATS) -> dict[str, Any]:
     return min(runs, key=lambda r: float(r["work_s"]))
 
 
-def one_case_args(model: str, *extra: str) -> list[str]:
-    """``SUITE_CHILD`` arguments that run ``model``'s r0.50-local case alone, without xdist."""
+def child_args(model: str, *extra: str) -> list[str]:
+    """``SUITE_CHILD`` arguments that run ``model``'s cases in one process without xdist, every check on, at the
+    model's own input size."""
     return [
         "-c",
         SUITE_CHILD,
@@ -169,13 +170,16 @@ def one_case_args(model: str, *extra: str) -> list[str]:
         "-p",
         "no:xdist",
         f"--tprune-models={model}",
-        f"--tprune-ratios={RATIO}",
-        "--tprune-modes=local",
         f"--tprune-seed={SEED}",
         f"--tprune-checks={ALL_CHECKS}",
         *UNCAPPED,
         *extra,
     ]
+
+
+def one_case_args(model: str, *extra: str) -> list[str]:
+    """:func:`child_args` narrowed to ``model``'s r0.50-local case."""
+    return child_args(model, f"--tprune-ratios={RATIO}", "--tprune-modes=local", *extra)
 
 
 def suite(model: str, scratch: Path, repeats: int = REPEATS) -> dict[str, Any]:
@@ -204,21 +208,7 @@ def amortised(model: str, scratch: Path, repeats: int = REPEATS) -> dict[str, An
     check on: measured seconds per case, the fastest of ``repeats`` runs, goldens written by a first run."""
     golden = scratch / f"amortised-{model}"
     report = scratch / f"amortised-{model}.json"
-    args = [
-        "-c",
-        SUITE_CHILD,
-        "-q",
-        "-p",
-        "no:cacheprovider",
-        "-p",
-        "no:xdist",
-        str(ROOT / "tests" / "test_zoo.py"),
-        f"--tprune-models={model}",
-        f"--tprune-seed={SEED}",
-        f"--tprune-checks={ALL_CHECKS}",
-        f"--tprune-golden-dir={golden}",
-        *UNCAPPED,
-    ]
+    args = child_args(model, str(ROOT / "tests" / "test_zoo.py"), f"--tprune-golden-dir={golden}")
     run_json([*args, "--tprune-update-golden"], cwd=ROOT)
     runs = []
     for _ in range(repeats):

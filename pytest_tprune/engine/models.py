@@ -276,7 +276,7 @@ def timm_input_size(name: str, cap: int | None = None) -> tuple[int, int, int]:
     channels, height, width = size
     if cap is None or cfg is None or cfg.fixed_input_size:
         return channels, height, width
-    floor = tuple(cfg.min_input_size[1:]) if cfg.min_input_size else (1, 1)
+    floor = cfg.min_input_size[1:] if cfg.min_input_size else (1, 1)
     return channels, _capped_side(height, cap, floor[0]), _capped_side(width, cap, floor[1])
 
 
@@ -284,7 +284,7 @@ def _capped_side(side: int, cap: int, floor: int) -> int:
     """``side`` capped at ``cap``, on the grid of ``side`` and ``floor`` (see :func:`timm_input_size`), >= floor."""
     if side <= cap:
         return side
-    step = math.gcd(side, floor) if floor > 1 else 1
+    step = math.gcd(side, floor)  # 1 without a minimum (floor 1): the cap as given
     return max(cap // step * step, floor)
 
 

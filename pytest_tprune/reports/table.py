@@ -294,10 +294,9 @@ def render(
         "A known failure (`xfailed`) is strict: its cause is in `pytest_tprune/engine/known.py`. A pass may leave "
         "whole the groups torch-pruning cannot prune consistently, or whose pruning breaks a module's forward "
         "(`pytest_tprune/engine/left_whole.py`): *left whole* counts them, as left whole / all groups, over the "
-        "family's "
-        "passing cases. *stock* is what plain torch-pruning, without the engine's fallbacks, does with the family's "
-        "cases (`ok`, `skips groups`, `breaks the forward`, `crashes`, `hangs`): one verdict when they agree, else "
-        "how many cases got each, the worst first; blank when no case has one (a timeout).",
+        "family's passing cases. *stock* is what plain torch-pruning, without the engine's fallbacks, does with the "
+        "family's cases (`ok`, `skips groups`, `breaks the forward`, `crashes`, `hangs`): one verdict when they "
+        "agree, else how many cases got each, the worst first; blank when no case has one (a timeout).",
         "",
         *family_rows(grouped, case_names(cases)),
     ]
