@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from pytest_tprune.engine.outcome import Baseline
+
 SEED = 0
 
 
@@ -36,6 +38,22 @@ def pristine(name: str) -> tuple[ModelSpec, nn.Module]:
 def perturbed(name: str) -> nn.Module:
     """The pristine model after :func:`pytest_tprune.checks.properties.perturb`, so every channel is distinguishable."""
     return props.perturb(copy.deepcopy(pristine(name)[1]), SEED)
+
+
+@functools.cache
+def baseline(name: str, perturbed_copy: bool = False) -> Baseline:
+    """The unpruned model's measurement, shared by every example that prunes it.
+
+    Without it every example measures the same unpruned model again (a counting
+    forward and torch-pruning's counter, about a tenth of a tiny model's
+    example). Measured on a copy: a forward leaves caches in some models. The
+    perturbed copy has its own, because its eval output differs.
+    """
+    from pytest_tprune.engine.pruning import measure_baseline
+
+    spec, model = pristine(name)
+    source = perturbed(name) if perturbed_copy else model
+    return measure_baseline(spec, copy.deepcopy(source).eval(), spec.make_inputs(1, SEED), SEED)
 
 
 @functools.cache
@@ -56,5 +74,5 @@ def one_thread_then_release() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
-        for cached in (pristine, perturbed, batch):
+        for cached in (pristine, perturbed, baseline, batch):
             cached.cache_clear()

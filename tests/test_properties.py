@@ -121,7 +121,7 @@ def _engine(name: str, config: PruneConfig) -> Pruned:
     """Prune a deep copy with the engine; a failing step fails the example with the command line."""
     spec, model = cache.pristine(name)
     try:
-        return prune(spec, config, "cpu", SEED, model=copy.deepcopy(model))
+        return prune(spec, config, "cpu", SEED, model=copy.deepcopy(model), baseline=cache.baseline(name))
     except PruneStepError as exc:
         pytest.fail(props.format_problems(_header(name, config), [str(exc)]), pytrace=False)
 
@@ -131,7 +131,8 @@ def _recorded(name: str, config: PruneConfig, perturbed: bool = False) -> props.
     spec, model = cache.pristine(name)
     source = cache.perturbed(name) if perturbed else model
     try:
-        return props.record_prune(spec, lambda: copy.deepcopy(source), config, SEED)
+        measured = cache.baseline(name, perturbed)
+        return props.record_prune(spec, lambda: copy.deepcopy(source), config, SEED, baseline=measured)
     except Exception as exc:
         problem = f"pruning failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         pytest.fail(props.format_problems(_header(name, config, perturbed), [problem]), pytrace=False)

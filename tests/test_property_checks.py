@@ -42,7 +42,8 @@ def _one_thread_and_release_models() -> Iterator[None]:
 def _record(name: str, config: PruneConfig, perturbed: bool = True) -> props.RecordedPrune:
     spec, model = cache.pristine(name)
     source = cache.perturbed(name) if perturbed else model
-    return props.record_prune(spec, lambda: copy.deepcopy(source), config, SEED)
+    measured = cache.baseline(name, perturbed)
+    return props.record_prune(spec, lambda: copy.deepcopy(source), config, SEED, baseline=measured)
 
 
 # -- strategies ----------------------------------------------------------------------------------------------------

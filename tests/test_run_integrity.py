@@ -346,3 +346,42 @@ def test_a_folder_this_process_cannot_write_in_is_refused(tmp_path: Path, monkey
     monkeypatch.undo()
     settings_module.check_report_path(tmp_path / "new" / "report.json")  # writable: accepted, nothing created
     assert not (tmp_path / "new").exists()
+
+
+def test_a_time_limit_that_fires_in_a_gc_callback_still_stops_the_case_without_a_warning(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Hypothesis keeps a garbage-collector callback installed for the whole run, and the per-case limit's
+    signal can land in it: raised there, the timeout was printed as "Exception ignored" (a pytest warning) and
+    the case ran on until the signal fired again a second later. Now it fires again at once, in the case."""
+    import gc
+
+    from pytest_tprune.engine.resources import time_limit
+    from pytest_tprune.errors import CaseTimeout
+
+    ignored: list[Any] = []
+    monkeypatch.setattr(sys, "unraisablehook", ignored.append)
+    slow_once = [True]
+
+    def slow_gc_callback(phase: str, info: dict[str, int]) -> None:
+        if phase == "start" and slow_once[0]:
+            slow_once[0] = False
+            deadline = time.perf_counter() + 0.3  # the limit (0.1 s) expires in here
+            while time.perf_counter() < deadline:
+                pass
+
+    gc.callbacks.append(slow_gc_callback)
+    start = time.perf_counter()
+    try:
+        with (
+            pytest.raises(CaseTimeout, match=r"pruning a case ran past the per-case time limit of 0\.1 s"),
+            time_limit(0.1, "pruning a case"),
+        ):
+            gc.collect()  # the slow callback runs: the limit expires in it
+            while True:
+                pass
+    finally:
+        gc.callbacks.remove(slow_gc_callback)
+    assert not slow_once[0], "the callback ran"
+    assert ignored == [], [str(u.exc_value) for u in ignored]
+    assert time.perf_counter() - start < 0.8, "stopped right after the callback, not a re-fire one second later"

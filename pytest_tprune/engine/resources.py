@@ -267,12 +267,46 @@ def over_budget_reason(name: str, count: int, budget: MemoryBudget | None) -> st
     )
 
 
+UNRAISABLE_RETRY_S = 0.05
+"""How soon an expired time limit fires again after it fired where an exception cannot propagate."""
+
+
+@contextmanager
+def timeouts_fire_again_when_swallowed() -> Iterator[None]:
+    """A :class:`CaseTimeout` raised where Python cannot propagate it fires again moments later, unreported.
+
+    The limit's signal lands wherever the interpreter is: in a garbage-collector
+    callback (Hypothesis keeps one installed for the whole run), a weakref
+    callback or a finaliser the exception is only printed as "Exception ignored
+    in ..." (a pytest warning) and the case runs on. ``sys.unraisablehook``
+    sees exactly those: this one re-arms the timer instead, so the next fire
+    lands in the case's own code, and hands every other exception on.
+    """
+    import sys
+
+    previous = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        if isinstance(unraisable.exc_value, CaseTimeout):
+            signal.setitimer(signal.ITIMER_REAL, UNRAISABLE_RETRY_S, 1.0)
+            return
+        previous(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        sys.unraisablehook = previous
+
+
 @contextmanager
 def time_limit(seconds: float | None, what: str) -> Iterator[None]:
     """Interrupt a case stuck in a Python loop (e.g. a dependency-graph hang).
 
     Uses SIGALRM, so it works on POSIX main threads (pytest and xdist workers
-    run tests there) and is a no-op elsewhere.
+    run tests there) and is a no-op elsewhere. Where the signal lands in a
+    garbage-collector or weakref callback or a finaliser, it fires again
+    moments later (:func:`timeouts_fire_again_when_swallowed`).
     """
     usable = seconds and hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
     if not usable:
@@ -288,10 +322,11 @@ def time_limit(seconds: float | None, what: str) -> Iterator[None]:
         yield  # an enclosing limit expires first: let it rule
         return
     signal.signal(signal.SIGALRM, expire)
-    # Re-fire every second after expiry, in case library code swallowed the first one.
+    # Re-fire every second after expiry, in case library code caught the first one.
     signal.setitimer(signal.ITIMER_REAL, float(seconds), 1.0)  # type: ignore[arg-type]
     try:
-        yield
+        with timeouts_fire_again_when_swallowed():
+            yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous_handler)

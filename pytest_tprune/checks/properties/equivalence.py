@@ -102,14 +102,16 @@ class EquivalenceReport:
 
 
 @contextmanager
-def _in_float64(model: nn.Module) -> Iterator[None]:
+def _in_float64(model: nn.Module, restore: bool = True) -> Iterator[None]:
     """``model``'s floating tensors in float64 for the duration, then each back in its own dtype.
 
     Exact both ways (float64 holds every float32, float16 and bfloat16 value), and
     cheaper than a deep copy of a large model. Besides parameters and buffers
     this covers floating tensors a module keeps as plain attributes (timm
     1.0.20's ConViT caches ``rel_indices`` that way), which ``Module.double()``
-    misses: they are restored as the very objects they were.
+    misses: they are restored as the very objects they were. ``restore=False``
+    leaves a throw-away copy in float64 (converting it back would cost as much
+    as converting it).
     """
     tensors = [t for t in [*model.parameters(), *model.buffers()] if t.is_floating_point()]
     dtypes = [t.dtype for t in tensors]
@@ -121,10 +123,11 @@ def _in_float64(model: nn.Module) -> Iterator[None]:
     try:
         yield
     finally:
-        for t, dtype in zip(tensors, dtypes, strict=True):
-            t.data = t.data.to(dtype)
-        for module, name, value in plain:
-            setattr(module, name, value)
+        if restore:
+            for t, dtype in zip(tensors, dtypes, strict=True):
+                t.data = t.data.to(dtype)
+            for module, name, value in plain:
+                setattr(module, name, value)
 
 
 @contextmanager
@@ -170,7 +173,7 @@ def _soft_error(hard: nn.Module, soft: nn.Module, inputs: torch.Tensor) -> float
 
     with _default_float64(), _in_float64(hard):  # converted in place and back (exact): checked further
         a = eval_output(hard, inputs.double())
-    with _default_float64(), _in_float64(soft):  # soft_prune's own copy
+    with _default_float64(), _in_float64(soft, restore=False):  # soft_prune's own copy, thrown away after
         b = eval_output(soft, inputs.double())
     if a.shape != b.shape:
         return float("inf")
