@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from pytest_tprune.engine.config import PruneConfig
     from pytest_tprune.engine.outcome import Baseline
 
 SEED = 0
@@ -54,6 +55,16 @@ def baseline(name: str, perturbed_copy: bool = False) -> Baseline:
     spec, model = pristine(name)
     source = perturbed(name) if perturbed_copy else model
     return measure_baseline(spec, copy.deepcopy(source).eval(), spec.make_inputs(1, SEED), SEED)
+
+
+def record(name: str, config: PruneConfig, perturbed_copy: bool = False) -> props.RecordedPrune:
+    """``name`` pruned with the recording driver (:func:`pytest_tprune.checks.properties.record_prune`) from a deep
+    copy of the cached model (or of its perturbed copy), with the cached unpruned measurement."""
+    spec, model = pristine(name)
+    source = perturbed(name) if perturbed_copy else model
+    return props.record_prune(
+        spec, lambda: copy.deepcopy(source), config, SEED, baseline=baseline(name, perturbed_copy)
+    )
 
 
 @functools.cache

@@ -58,11 +58,10 @@ class _InvertedTaylor(tp.importance.GroupTaylorImportance):
 
 
 def test_an_inverted_taylor_ranking_is_caught_by_the_criterion_check(monkeypatch: pytest.MonkeyPatch) -> None:
-    spec, _ = cache.pristine("test_resnet")
     config = PruneConfig(0.5, importance="taylor")
 
     def record() -> props.RecordedPrune:
-        return props.record_prune(spec, lambda: copy.deepcopy(cache.perturbed("test_resnet")), config, SEED)
+        return cache.record("test_resnet", config, perturbed_copy=True)
 
     assert props.criterion_problems(record()) == []
     original = recipe.make_importance

@@ -128,11 +128,8 @@ def _engine(name: str, config: PruneConfig) -> Pruned:
 
 def _recorded(name: str, config: PruneConfig, perturbed: bool = False) -> props.RecordedPrune:
     """Prune a deep copy with the recording driver (bit-identical to the engine: see test_deterministic)."""
-    spec, model = cache.pristine(name)
-    source = cache.perturbed(name) if perturbed else model
     try:
-        measured = cache.baseline(name, perturbed)
-        return props.record_prune(spec, lambda: copy.deepcopy(source), config, SEED, baseline=measured)
+        return cache.record(name, config, perturbed)
     except Exception as exc:
         problem = f"pruning failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         pytest.fail(props.format_problems(_header(name, config, perturbed), [problem]), pytrace=False)

@@ -40,10 +40,7 @@ def _one_thread_and_release_models() -> Iterator[None]:
 
 
 def _record(name: str, config: PruneConfig, perturbed: bool = True) -> props.RecordedPrune:
-    spec, model = cache.pristine(name)
-    source = cache.perturbed(name) if perturbed else model
-    measured = cache.baseline(name, perturbed)
-    return props.record_prune(spec, lambda: copy.deepcopy(source), config, SEED, baseline=measured)
+    return cache.record(name, config, perturbed)
 
 
 # -- strategies ----------------------------------------------------------------------------------------------------
