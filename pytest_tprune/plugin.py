@@ -65,6 +65,11 @@ def tprune_case(request: pytest.FixtureRequest) -> Generator[TpruneCase, None, N
 
 
 @pytest.hookimpl(wrapper=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> Generator[None, object, object]:
+    return (yield from run.slow_timeouts_expected(pyfuncitem))
+
+
+@pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
     run.note_failure(item, call)
     return (yield)

@@ -63,3 +63,21 @@ def isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     resources.STORE.clear()
     yield
     resources.STORE.clear()
+
+
+@pytest.fixture
+def one_group_dropped(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A torch-pruning whose ``step`` silently drops the first group it would yield (in-process runs see it)."""
+    from typing import Any
+
+    tp = pytest.importorskip("torch_pruning")
+    base = tp.pruner.BasePruner
+    original = base._prune
+
+    def dropping(self: Any) -> Iterator[Any]:
+        groups = original(self)
+        next(groups, None)
+        yield from groups
+
+    monkeypatch.setattr(base, "_prune", dropping)
+    yield

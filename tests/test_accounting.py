@@ -12,7 +12,6 @@ that skip in torch-pruning itself, and that the plugin fails the case on it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -168,21 +167,6 @@ def test_check_all_fails_the_scratch_project_naming_the_group(pytester: pytest.P
         ]
     )
     assert not (pytester.path / "golden" / "scratch_attention").exists(), "a failing case must not write a golden"
-
-
-@pytest.fixture
-def one_group_dropped(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """A torch-pruning whose ``step`` silently drops the first group it would yield."""
-    base = tp.pruner.BasePruner
-    original = base._prune
-
-    def dropping(self: Any) -> Iterator[Any]:
-        groups = original(self)
-        next(groups, None)
-        yield from groups
-
-    monkeypatch.setattr(base, "_prune", dropping)
-    yield
 
 
 def test_a_silently_dropped_group_fails_a_real_model(one_group_dropped: None) -> None:

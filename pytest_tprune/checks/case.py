@@ -53,6 +53,9 @@ class CaseSettings:
     update_golden: bool = False
     seed: int = DEFAULT_SEED
     timeout: float | None = None
+    timeout_option: str = "--tprune-timeout"
+    """The option that set ``timeout``, named when a case runs past it (``--tprune-slow-limit`` for a known-slow
+    model)."""
     checks: tuple[str, ...] = DEFAULT_CHECKS
     latency: bool = True
     """Measure the unpruned and pruned forward latency for the report (:mod:`pytest_tprune.engine.latency`)."""
@@ -93,7 +96,7 @@ class TpruneCase:
         from pytest_tprune.engine.pruning import prune
 
         share_cores()
-        with time_limit(self.settings.timeout, f"pruning {self.case_id}"):
+        with time_limit(self.settings.timeout, f"pruning {self.case_id}", self.settings.timeout_option):
             start = time.perf_counter()
             pristine = STORE.pristine(self.spec, self.settings.seed)
             self.check_times["pristine"] = time.perf_counter() - start
@@ -145,7 +148,7 @@ class TpruneCase:
     def _timed(self, check: str) -> Iterator[None]:
         start = time.perf_counter()
         try:
-            with time_limit(self.settings.timeout, f"check '{check}' of {self.case_id}"):
+            with time_limit(self.settings.timeout, f"check '{check}' of {self.case_id}", self.settings.timeout_option):
                 yield
         finally:
             self.check_times[check] = self.check_times.get(check, 0.0) + time.perf_counter() - start

@@ -300,7 +300,7 @@ def timeouts_fire_again_when_swallowed() -> Iterator[None]:
 
 
 @contextmanager
-def time_limit(seconds: float | None, what: str) -> Iterator[None]:
+def time_limit(seconds: float | None, what: str, option: str = "--tprune-timeout") -> Iterator[None]:
     """Interrupt a case stuck in a Python loop (e.g. a dependency-graph hang).
 
     Uses SIGALRM, so it works on POSIX main threads (pytest and xdist workers
@@ -314,7 +314,7 @@ def time_limit(seconds: float | None, what: str) -> Iterator[None]:
         return
 
     def expire(_signum: int, _frame: Any) -> None:
-        raise CaseTimeout(f"{what} ran past the per-case time limit of {seconds:g} s (--tprune-timeout)")
+        raise CaseTimeout(f"{what} ran past the per-case time limit of {seconds:g} s ({option})")
 
     previous_handler = signal.getsignal(signal.SIGALRM)
     previous_timer = signal.getitimer(signal.ITIMER_REAL)

@@ -119,17 +119,21 @@ def narrow_models(names: list[str], patterns: Any, exclude: Any = None) -> list[
 
 def case_marks(spec: ModelSpec, config_id: str) -> list[Any]:
     """A known failure is a strict xfail of what it names: a known hang must end in the time limit, and a
-    cause that names a check (``[equivalence] ...``) must fail that check; anything else fails the case."""
-    marks: list[Any] = []
-    reason = spec.failure_reason(config_id)
-    if reason:
-        from pytest_tprune.engine.known import failing_check, is_hang
-        from pytest_tprune.errors import CaseTimeout, CheckFailed
+    cause that names a check (``[equivalence] ...``) must fail that check; anything else fails the case.
 
-        check = failing_check(reason)
-        raises = CaseTimeout if is_hang(reason) else CheckFailed.of(check) if check else None
-        marks.append(pytest.mark.xfail(strict=True, raises=raises, reason=f"known failure: {reason}"))
-    return marks
+    A known-slow model (``slow: ...``) gets no mark unless its cause names a check: its timeout becomes an
+    xfail where it happens (:func:`pytest_tprune.session.run.slow_timeouts_expected`), so a case that
+    finishes in time is judged by its checks instead of passing unexpectedly.
+    """
+    from pytest_tprune.engine.known import failing_check, is_hang, is_slow
+    from pytest_tprune.errors import CaseTimeout, CheckFailed
+
+    reason = spec.failure_reason(config_id)
+    check = failing_check(reason)
+    if not reason or (is_slow(reason) and not check):
+        return []
+    raises = CaseTimeout if is_hang(reason) else CheckFailed.of(check) if check else None
+    return [pytest.mark.xfail(strict=True, raises=raises, reason=f"known failure: {reason}")]
 
 
 def marker_values(metafunc: pytest.Metafunc) -> dict[str, Any]:

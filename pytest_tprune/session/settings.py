@@ -18,6 +18,10 @@ import pytest
 from pytest_tprune.engine.config import parse_head_ratios, parse_modes, parse_ratios, split_list
 from pytest_tprune.errors import UsageError
 
+SLOW_LIMIT_S = 10.0
+"""Default time limit of a known hang's or known-slow model's case: a quick crash still shows within it,
+while the default run's budget is not spent on cases known to need minutes."""
+
 # (name, help, default, is_flag)
 OPTIONS: tuple[tuple[str, str, str | None, bool], ...] = (
     (
@@ -59,6 +63,14 @@ OPTIONS: tuple[tuple[str, str, str | None, bool], ...] = (
         True,
     ),
     ("timeout", "per-case time limit in seconds, 0 for none (default: 300)", "300", False),
+    (
+        "slow-limit",
+        "time limit in seconds for the cases of known hangs and known-slow models (a known failure starting "
+        "'hang:' or 'slow:'), 0 for the run's --tprune-timeout, e.g. for a nightly job that judges them "
+        f"(default: {SLOW_LIMIT_S:g})",
+        f"{SLOW_LIMIT_S:g}",
+        False,
+    ),
     ("shard", "run only shard K of N of the cases, as K/N (deterministic)", None, False),
     ("seed", "seed of weight init and inputs (default: 0)", "0", False),
     (
@@ -128,6 +140,8 @@ class Settings:
     """Head pruning ratios (``--tprune-head-ratios``): each adds a head-pruning config per ratio and mode."""
     latency: bool = True
     """Time each case's unpruned and pruned forward for the report (off with ``--tprune-no-latency``)."""
+    slow_limit: float | None = SLOW_LIMIT_S
+    """Time limit of a known hang's or known-slow model's case (``--tprune-slow-limit``); None: ``timeout``."""
 
 
 def _number(text: str, what: str, minimum: float) -> float:
@@ -180,6 +194,7 @@ def parse_settings(config: pytest.Config) -> Settings:
     max_params = _text(config, "max-params", None)
     input_size = _text(config, "input-size", None)
     timeout = _number(_text(config, "timeout", "300") or "300", "timeout", 0)
+    slow_limit = _number(_text(config, "slow-limit", None) or f"{SLOW_LIMIT_S:g}", "slow-limit", 0)
     shard = _text(config, "shard", None)
     seed = _text(config, "seed", "0") or "0"
     head_ratios = _text(config, "head-ratios", None)
@@ -198,6 +213,7 @@ def parse_settings(config: pytest.Config) -> Settings:
         input_size=int(_number(input_size, "input-size", 8)) if input_size else None,
         report=_path(config, "report"),
         timeout=timeout or None,
+        slow_limit=slow_limit or None,
         shard=parse_shard(shard) if shard else None,
         seed=int(seed),
         checks=parse_checks(_text(config, "checks", None)),
