@@ -301,12 +301,26 @@ def test_the_committed_reports_render_every_family(tmp_path: Path) -> None:
     ]  # fmt: skip
 
 
-def test_docs_compatibility_md_is_what_the_command_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """docs/compatibility.md is exactly ``tprune matrix docs/compatibility/*.json --output docs/compatibility.md``."""
-    (tmp_path / "docs" / "compatibility").mkdir(parents=True)
-    for path in COMMITTED:
-        shutil.copy(path, tmp_path / "docs" / "compatibility" / path.name)
+PAGES = {
+    "compatibility.md": ("compatibility", DOCS_TITLE),
+    "compatibility-slow.md": ("compatibility/slow", "Known-slow families, judged: torch-pruning and timm releases"),
+}
+"""Each committed matrix page: the folder of its reports (under docs/) and its title. compatibility-slow.md
+judges the known-slow family representatives, run with ``--tprune-slow-limit=0`` (docs/upgrades.md)."""
+
+
+@pytest.mark.parametrize("page", sorted(PAGES))
+def test_a_committed_matrix_page_is_what_the_command_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, page: str
+) -> None:
+    """docs/PAGE is exactly ``tprune matrix docs/FOLDER/*.json --output docs/PAGE --title TITLE``."""
+    folder, title = PAGES[page]
+    reports = sorted((ROOT / "docs" / folder).glob("*.json"))
+    assert len(reports) == 5
+    (tmp_path / "docs" / folder).mkdir(parents=True)
+    for path in reports:
+        shutil.copy(path, tmp_path / "docs" / folder / path.name)
     monkeypatch.chdir(tmp_path)
-    argv = [f"docs/compatibility/{path.name}" for path in COMMITTED]
-    assert matrix_main([*argv, "--output", "docs/compatibility.md", "--title", DOCS_TITLE]) == 0
-    assert (tmp_path / "docs" / "compatibility.md").read_text() == (ROOT / "docs" / "compatibility.md").read_text()
+    argv = [f"docs/{folder}/{path.name}" for path in reports]
+    assert matrix_main([*argv, "--output", f"docs/{page}", "--title", title]) == 0
+    assert (tmp_path / "docs" / page).read_text() == (ROOT / "docs" / page).read_text()
