@@ -8,6 +8,7 @@ on valid input (exit status 1, a failed test) and names the step and the module.
 
 from __future__ import annotations
 
+import re
 from typing import Any, ClassVar
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -73,6 +74,13 @@ class CheckFailed(AssertionError):
 
     def __reduce__(self) -> tuple[Any, ...]:  # pickles as CheckFailed(check, message): the subclass is remade
         return (CheckFailed, (self.check, str(self)[len(self.check) + 3 :]))
+
+    @staticmethod
+    def named_in(text: str) -> str | None:
+        """The check a text starting with a failure's tag names (``"[shapes] ..."`` gives ``shapes``), or None:
+        the one reader of the tag :meth:`__init__` writes, for known-failure causes and report reasons."""
+        match = re.match(r"\[([a-z_]+)\] ", text)
+        return match.group(1) if match else None
 
     @staticmethod
     def of(check: str) -> type[CheckFailed]:

@@ -20,7 +20,8 @@ Two prefixes speak of time rather than of a broken result:
 from __future__ import annotations
 
 import fnmatch
-import re
+
+from pytest_tprune.errors import CheckFailed
 
 _RAW_FAILURES: dict[str, object] = {
     "test_vit3@r0.50-local": (
@@ -100,8 +101,7 @@ def is_timed(reason: str | None) -> bool:
 def failing_check(reason: str | None) -> str | None:
     """The check a known failure's cause names (``"[equivalence] torch-pruning removes ..."``, also after
     ``slow: ``), or None."""
-    match = re.match(r"(?:slow: )?\[([a-z_]+)\] ", reason or "")
-    return match.group(1) if match else None
+    return CheckFailed.named_in(str(reason or "").removeprefix("slow: "))
 
 
 def reduction_band(name: str) -> tuple[tuple[float, float], str] | None:

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pytest_tprune.errors import CheckFailed
 from pytest_tprune.reports.schema import STOCK_VERDICTS, Case
 
 NOT_TIMM = "(not a timm model)"
@@ -83,9 +84,9 @@ def known_cause(case: Case) -> Cause:
     if reason.startswith("hang: slow"):  # how reports written before 2026-12-03 spell a known-slow model
         return Cause("known", "slow pass, over the hang time limit")
     if reason.startswith("known slow: "):
-        check = re.match(r"\[([a-z_]+)\] ", reason.removeprefix("known slow: "))
+        check = CheckFailed.named_in(reason.removeprefix("known slow: "))
         if check:
-            return Cause("known", f"slow, over the hang time limit; fails {check[1]} when let finish")
+            return Cause("known", f"slow, over the hang time limit; fails {check} when let finish")
         return Cause("known", "slow pass, over the hang time limit")
     if reason.startswith("hang:"):
         return Cause("known", "hang (time limit)")
