@@ -81,3 +81,20 @@ def one_group_dropped(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
     monkeypatch.setattr(base, "_prune", dropping)
     yield
+
+
+@pytest.fixture(scope="session")
+def exporters_imported() -> None:
+    """``torch.export`` and ``torch.jit.trace`` import much of ``torch._dynamo`` and ``torch.jit`` on their first
+    call. Made inside an in-process pytester run, those imports are forgotten when the run ends, and the next
+    run's export fails (an ``AssertionError`` in torch), so a test that exports in two in-process runs passed or
+    failed with what its xdist worker happened to run before it. Both export once here, first."""
+    import warnings
+
+    import torch
+
+    model = torch.nn.Linear(2, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # jit.trace's deprecation notice: this call is no test of it
+        torch.export.export(model, (torch.zeros(1, 2),))
+        torch.jit.trace(model, torch.zeros(1, 2))

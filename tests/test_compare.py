@@ -750,6 +750,11 @@ def test_merge_refuses_inconsistent_shards(tmp_path: Path, capsys: pytest.Captur
     assert err == (
         f"tprune merge: error: {other} ran with timm 1.0.31, {one} with 1.0.29: merge only the shards of one run\n"
     )
+    onnx = write(tmp_path / "s4.json", shard(2, [case("deit")], {**OLD_ENV, "onnxruntime": "1.32.0"}))
+    assert merge_main([out, one, onnx]) == 2  # its export verdicts are not the other shards' kind
+    assert capsys.readouterr().err == (
+        f"tprune merge: error: {onnx} ran with onnxruntime 1.32.0, {one} with none: merge only the shards of one run\n"
+    )
     ratios = shard(2, [case("deit")])
     ratios["settings"]["ratios"] = [0.3]
     assert merge_main([out, one, write(tmp_path / "r.json", ratios)]) == 2

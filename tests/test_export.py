@@ -33,6 +33,8 @@ from pytest_tprune.engine.resources import STORE  # noqa: E402
 from pytest_tprune.errors import CheckFailed  # noqa: E402
 from pytest_tprune.session.settings import parse_checks  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("exporters_imported")  # its pytester runs export in this process
+
 ONE_CASE = ("--tprune-models=test_resnet", "--tprune-ratios=0.5", "--tprune-modes=local", "-p", "no:cacheprovider")
 ALWAYS = {"torch.export": "ok", "jit.trace": "ok"}
 

@@ -189,6 +189,7 @@ def test_a_newer_release_is_reported_as_untested_and_an_older_one_too() -> None:
 def test_the_header_names_an_untested_release(monkeypatch: pytest.MonkeyPatch) -> None:
     versions = {"torch": "2.15.0", "timm": "1.0.31", "torch-pruning": "1.7.0"}
     monkeypatch.setattr(identity, "library_versions", lambda: versions)
+    monkeypatch.setattr(identity, "exporter_versions", lambda *exporters: {})
     assert header.versions_line("cpu") == (
         "tprune: torch 2.15.0, timm 1.0.31, torch-pruning 1.7.0, device cpu "
         "(untested: torch-pruning 1.7.0 is newer than the newest tested 1.6.1)"

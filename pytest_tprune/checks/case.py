@@ -271,13 +271,13 @@ class TpruneCase:
         __tracebackhide__ = True
         from pytest_tprune.checks import golden
         from pytest_tprune.checks.stock import NOT_JUDGED
-        from pytest_tprune.engine.identity import library_versions
+        from pytest_tprune.engine.identity import exporter_versions, library_versions
 
         self.pruned  # noqa: B018 - prune first, under its own time limit
         with self._timed("golden"):
-            versions = library_versions()
             channels = self.channels.golden() if self.channels is not None else None
             exported = self.export.golden() if self.export is not None else None
+            versions = {**library_versions(), **exporter_versions(exported or ())}
             if self.stock["verdict"] == NOT_JUDGED:  # our fault, not torch-pruning's: never compared or written
                 raise CheckFailed("golden", self.stock["detail"])
             content = golden.golden_content(self.outcome, versions, channels, self.stock, exported)

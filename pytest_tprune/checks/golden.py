@@ -104,17 +104,26 @@ def carry_export(content: dict[str, Any], path: Path) -> dict[str, Any]:
     A run that leaves the ``export`` check out keeps the whole block, and a run
     where an optional exporter (onnx) is not installed keeps that exporter's
     entry, so the golden never depends on what the last machine to write it had.
+    A carried optional exporter keeps the versions of its packages that the
+    golden recorded with it: the status is still theirs.
     """
+    from pytest_tprune.engine.identity import EXPORTER_PACKAGES
+
     try:
-        previous = read_golden(path).get("export")
+        old = read_golden(path)
     except GoldenError:
         return content
+    previous = old.get("export")
     if not isinstance(previous, dict):
         return content
-    obtained = content.get("export")
-    if obtained is None:
-        return {**content, "export": previous}
-    return {**content, "export": {**previous, **obtained}}
+    obtained = content.get("export") or {}
+    carried = [name for name in previous if name not in obtained]
+    recorded = old.get("versions")
+    made_with: dict[str, Any] = recorded if isinstance(recorded, dict) else {}
+    versions = dict(content["versions"])
+    for name in carried:
+        versions.update({p: made_with[p] for p in EXPORTER_PACKAGES.get(name, ()) if p in made_with})
+    return {**content, "versions": versions, "export": {**previous, **obtained}}
 
 
 def export_changes(expected: dict[str, Any], obtained: dict[str, Any]) -> list[tuple[str, Any, Any]]:
@@ -361,16 +370,22 @@ def _number_row(name: str, expected: Any, obtained: Any) -> str:
 
 
 def versions_line(made: dict[str, str], now: dict[str, str]) -> str:
-    def fmt(v: dict[str, str]) -> str:
-        return ", ".join(f"{k} {v.get(k, '?')}" for k in sorted(set(made) | set(now)))
+    """The versions that made a golden next to those running now, naming each one that moved.
 
-    if made == now:
+    An optional exporter's packages the golden recorded but this run lacks are
+    left out: that exporter is not installed here, so its status is not
+    compared and its versions explain nothing in this diff.
+    """
+    from pytest_tprune.engine.identity import GUARDED_LIBRARIES
+
+    shown = [k for k in sorted(set(made) | set(now)) if k in now or k in GUARDED_LIBRARIES]
+
+    def fmt(v: dict[str, str]) -> str:
+        return ", ".join(f"{k} {v.get(k, '?')}" for k in shown)
+
+    changed = [f"{k} {made.get(k, '?')} -> {now.get(k, '?')}" for k in shown if made.get(k) != now.get(k)]
+    if not changed:
         return f"golden made with the versions running now ({fmt(now)})"
-    changed = [
-        f"{k} {made.get(k, '?')} -> {now.get(k, '?')}"
-        for k in sorted(set(made) | set(now))
-        if made.get(k) != now.get(k)
-    ]
     return f"golden made with {fmt(made)}; running {fmt(now)}; upgrade: {', '.join(changed)}"
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import platform
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,10 @@ TESTED_RANGES: dict[str, tuple[str, str]] = {
 (docs/upgrades.md, "Older releases", has the runs). A release outside its range runs like
 any other and is reported as untested, never refused; widen the range after a run on it."""
 
+EXPORTER_PACKAGES: dict[str, tuple[str, ...]] = {"onnx": ("onnx", "onnxscript", "onnxruntime")}
+"""The packages an optional exporter runs on (the ``onnx`` extra). Their versions are recorded wherever that
+exporter's outcomes are (the report's environment, a golden holding its status), so an export verdict that
+changed after ``pip install -U onnxruntime`` is read next to the version that moved, not blamed on pruning."""
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 FINGERPRINTED = ("engine", "checks")
 """The folders whose code decides a case's outcome; the hook layer, the reports and the command line do not."""
@@ -67,6 +71,40 @@ def untested_notes(versions: Mapping[str, str] | None = None) -> list[str]:
         elif release < (_release(oldest) or release):
             notes.append(f"{name} {found} is older than the oldest tested {oldest}")
     return notes
+
+
+def exporter_versions(exporters: Iterable[str] = EXPORTER_PACKAGES) -> dict[str, str]:
+    """The installed versions of the packages of each of ``exporters`` that has every one of its packages.
+
+    An exporter missing any package does not run (its status is ``not available``,
+    never written to a golden), so it records nothing either: a machine without
+    the ``onnx`` extra gives ``{}``, and reports and goldens made there are what
+    they were before this field existed. Torch-free: package metadata only.
+    """
+    found: dict[str, str] = {}
+    for exporter in exporters:
+        installed: dict[str, str] = {}
+        for package in EXPORTER_PACKAGES.get(exporter, ()):
+            found_version = _installed_version(package)
+            if found_version is None:
+                break  # the exporter cannot run: record none of its packages
+            installed[package] = found_version
+        else:
+            found.update(installed)
+    return found
+
+
+def _installed_version(package: str) -> str | None:
+    """The version of the distribution that installs import name ``package`` (``onnxruntime`` may come from
+    ``onnxruntime-gpu`` or another build of it), or None."""
+    from importlib import metadata
+
+    for distribution in (package, *metadata.packages_distributions().get(package, ())):
+        try:
+            return metadata.version(distribution)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
 
 
 def _release(version: str) -> tuple[int, ...] | None:
@@ -137,10 +175,12 @@ def environment(device: str, runtime: dict[str, Any] | None = None) -> dict[str,
     process sent; without it (no case ran, or none reported) this process
     probes for itself, import-only.
     ``untested`` lists the libraries outside :data:`TESTED_RANGES`, when any.
+    The optional exporters' packages (:func:`exporter_versions`) are listed where installed.
     """
     identity = run_identity()
     env: dict[str, Any] = {"python": identity.pop("python"), "platform": platform.platform(), "device": device}
     env.update(identity)
+    env.update(exporter_versions())
     facts = runtime if runtime is not None else runtime_facts()
     env["guards"] = facts["guards"]
     notes = untested_notes({name: str(identity[name]) for name in GUARDED_LIBRARIES})

@@ -269,6 +269,8 @@ def over_budget_reason(name: str, count: int, budget: MemoryBudget | None) -> st
 
 UNRAISABLE_RETRY_S = 0.05
 """How soon an expired time limit fires again after it fired where an exception cannot propagate."""
+REFIRE_S = 1.0
+"""How often an expired time limit fires again, in case library code caught its exception."""
 
 
 @contextmanager
@@ -288,7 +290,7 @@ def timeouts_fire_again_when_swallowed() -> Iterator[None]:
 
     def hook(unraisable: Any) -> None:
         if isinstance(unraisable.exc_value, CaseTimeout):
-            signal.setitimer(signal.ITIMER_REAL, UNRAISABLE_RETRY_S, 1.0)
+            signal.setitimer(signal.ITIMER_REAL, UNRAISABLE_RETRY_S, REFIRE_S)
             return
         previous(unraisable)
 
@@ -322,8 +324,7 @@ def time_limit(seconds: float | None, what: str, option: str = "--tprune-timeout
         yield  # an enclosing limit expires first: let it rule
         return
     signal.signal(signal.SIGALRM, expire)
-    # Re-fire every second after expiry, in case library code caught the first one.
-    signal.setitimer(signal.ITIMER_REAL, float(seconds), 1.0)  # type: ignore[arg-type]
+    signal.setitimer(signal.ITIMER_REAL, float(seconds), REFIRE_S)  # type: ignore[arg-type]
     try:
         with timeouts_fire_again_when_swallowed():
             yield

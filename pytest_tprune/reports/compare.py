@@ -72,7 +72,19 @@ FIGURES: tuple[tuple[str, str], ...] = (
     ("flop_macs_after", "MACs after (FlopCounterMode)"),
 )
 FIGURE_LABELS = dict(FIGURES)
-ENV_ORDER = ("torch", "timm", "torch-pruning", "python", "cuda", "cudnn", "device", "platform")
+ENV_ORDER = (
+    "torch",
+    "timm",
+    "torch-pruning",
+    "onnx",
+    "onnxscript",
+    "onnxruntime",
+    "python",
+    "cuda",
+    "cudnn",
+    "device",
+    "platform",
+)
 
 # Group name -> title, in the order they are shown; the first three make the exit status 1.
 GROUPS: tuple[tuple[str, str], ...] = (

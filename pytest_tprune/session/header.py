@@ -35,12 +35,14 @@ def report_header(config: pytest.Config) -> list[str]:
 
 
 def versions_line(device: str) -> str:
-    """``tprune: torch 2.15.0, timm 1.0.31, torch-pruning 1.6.1, device cpu``, with any untested release named."""
-    from pytest_tprune.engine.identity import library_versions, untested_notes
+    """``tprune: torch 2.15.0, timm 1.0.31, torch-pruning 1.6.1, device cpu``, with any untested release named;
+    the onnx exporter's packages come after torch-pruning where installed (``onnx 1.23.2, ...``)."""
+    from pytest_tprune.engine.identity import exporter_versions, library_versions, untested_notes
 
     versions = library_versions()
+    listed = {**versions, **exporter_versions()}
     shown = "auto (CUDA when torch finds one, else cpu)" if device == "auto" else device
-    line = "tprune: " + ", ".join(f"{name} {version}" for name, version in versions.items()) + f", device {shown}"
+    line = "tprune: " + ", ".join(f"{name} {version}" for name, version in listed.items()) + f", device {shown}"
     notes = untested_notes(versions)
     return line + (f" (untested: {'; '.join(notes)})" if notes else "")
 
