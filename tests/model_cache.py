@@ -76,9 +76,13 @@ def batch(name: str) -> torch.Tensor:
 @contextmanager
 def one_thread_then_release() -> Iterator[None]:
     """One torch thread while a module runs (``-n auto`` already uses every core, and tiny
-    models gain nothing from intra-op threads), then drop the cached models."""
+    models gain nothing from intra-op threads), then drop the cached models. The imports are
+    frozen out of the garbage collector's walks first, as the plugin does before its first case."""
     import torch
 
+    from pytest_tprune.engine.resources import freeze_imports_for_gc
+
+    freeze_imports_for_gc()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from pytest_tprune.checks import expectations as exp
 from pytest_tprune.engine.config import DEFAULT_SEED, PruneConfig
 from pytest_tprune.engine.models import ModelSpec
-from pytest_tprune.engine.resources import STORE, peak_rss_mb, share_cores, time_limit
+from pytest_tprune.engine.resources import STORE, freeze_imports_for_gc, peak_rss_mb, share_cores, time_limit
 from pytest_tprune.errors import CheckFailed, TpruneError
 
 if TYPE_CHECKING:
@@ -96,6 +96,7 @@ class TpruneCase:
         from pytest_tprune.engine.pruning import prune
 
         share_cores()
+        freeze_imports_for_gc()
         with time_limit(self.settings.timeout, f"pruning {self.case_id}", self.settings.timeout_option):
             start = time.perf_counter()
             pristine = STORE.pristine(self.spec, self.settings.seed)
