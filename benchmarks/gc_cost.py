@@ -30,12 +30,12 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from case_cost import run_json  # the sibling script's child runner: a child Python, its last JSON line
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ("coat_tiny", "densenet121", "efficientvit_m0")
@@ -85,13 +85,7 @@ ARMS = ("frozen", "not frozen")
 def run_arm(arm: str, models: list[str], cache: Path) -> dict[str, Any]:
     """One run of ``arm`` over the models' family cases; the JSON object its child prints."""
     nodes = [f"tests/test_zoo.py::test_family[{model}-r0.50-local]" for model in models]
-    args = [sys.executable, "-c", CHILD, arm, "-q", "-p", "no:xdist", "-o", f"cache_dir={cache}", *nodes]
-    done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, check=False, timeout=3600)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if not lines:
-        tail = (done.stdout + done.stderr)[-3000:]
-        raise SystemExit(f"the {arm} arm printed no figures ({done.returncode}):\n{tail}")
-    result = dict(json.loads(lines[-1]))
+    result = run_json(["-c", CHILD, arm, "-q", "-p", "no:xdist", "-o", f"cache_dir={cache}", *nodes], cwd=ROOT)
     if result["exit"] != 0:
         raise SystemExit(f"the {arm} arm's cases did not all pass (exit {result['exit']}): {result['outcomes']}")
     return result

@@ -138,16 +138,16 @@ def freeze_imports_for_gc() -> int:
     """Take what the imports left alive out of the cyclic collector's walks, once per process; returns how many.
 
     A full (generation 2) collection walks every object the collector tracks,
-    and once torch, timm and torch-pruning are imported a worker holds about
-    half a million of them (functions, classes, registries) that live until
+    and once torch, timm and torch-pruning are imported a worker holds some
+    400 000 of them (functions, classes, registries) that live until
     it exits. Building, copying and pruning models allocates so many objects
     that full collections run dozens of times per model, and each walked the
-    imports again (about 0.25 s apiece). ``gc.freeze()`` moves them to the
+    imports again (about 0.2 s apiece). ``gc.freeze()`` moves them to the
     permanent generation, which collections skip; refcounting still frees
     any of them that dies. Called before the first model is built and right
     after a collection, so only what the process keeps anyway is frozen: the
     models, their copies and torch-pruning's graphs are still collected as
-    before, and peak memory is unchanged (benchmarks/gc_cost.py measures both).
+    before, and peak memory is not higher (benchmarks/gc_cost.py measures both).
     They are thawed again when the process exits, so that its last collection
     frees them as it would have: extension modules that count their objects at
     shutdown (triton's nanobind bindings) would otherwise report them leaked.
