@@ -389,3 +389,50 @@ def test_a_time_limit_that_fires_in_a_gc_callback_still_stops_the_case_without_a
     assert not slow_once[0], "the callback ran"
     assert ignored == [], [str(u.exc_value) for u in ignored]
     assert time.perf_counter() - start < 10, "stopped right after the callback, not at the periodic re-fire (30 s)"
+
+
+LINELESS = """
+import types
+
+import pytest
+
+from pytest_tprune.errors import CaseTimeout
+
+
+def lineless(exc):
+    '''``exc`` raised, its traceback replaced by one entry without a line number: what a time limit's signal
+    can leave on Python 3.11 when it lands on an instruction that has none.'''
+    try:
+        raise exc
+    except BaseException as caught:
+        return caught.with_traceback(types.TracebackType(None, caught.__traceback__.tb_frame, 1 << 20, -1))
+
+
+def test_prune(tprune_case):
+    timeout = lineless(CaseTimeout("pruning ran past the per-case time limit of 10 s (--tprune-timeout)"))
+    if tprune_case.config.global_pruning:
+        raise timeout  # the entry without a line is in the failing exception's own traceback
+    raise pytest.xfail.Exception("known slow: takes minutes") from timeout  # in the one it is chained to
+
+
+def test_z_after():
+    pass
+"""
+
+
+def test_a_traceback_entry_without_a_line_number_fails_the_case_not_the_session(project: pytest.Pytester) -> None:
+    """A timeout that landed on an instruction without a line number once took a whole README run down
+    (``INTERNALERROR``, exit 3, the rest of the suite never run): pytest cannot render such an entry, and a
+    known-slow case's expected failure is chained to the timeout. Both cases now get their verdicts (the
+    timeout fails, the known-slow one is an expected failure), and the test after them runs."""
+    project.makepyfile(test_prune=LINELESS)
+    report = project.path / "report.json"
+    result = project.runpytest(*QUIET, *TWO_CASES, "-p", "no:xdist", "-rxf", f"--tprune-report={report}")
+    output = result.stdout.str()
+    assert "INTERNALERROR" not in output, output[-3000:]
+    result.assert_outcomes(passed=1, failed=1, xfailed=1)
+    assert "CaseTimeout: pruning ran past the per-case time limit of 10 s" in output
+    assert "XFAIL test_prune.py::test_prune[test_resnet-r0.50-local] - known slow: takes minutes" in output
+    rows = {row["config_id"]: row for row in json.loads(report.read_text())["cases"]}
+    assert rows["r0.50-global"]["failed_check"] == "timeout"
+    assert rows["r0.50-local"]["outcome"] == "xfailed"

@@ -210,24 +210,49 @@ def failed_check(exc: BaseException) -> str:
 
 
 def drop_frames_without_line_numbers(excinfo: pytest.ExceptionInfo[BaseException]) -> None:
-    """Unlink traceback entries that have no line number.
+    """Unlink traceback entries that have no line number, in the exception and every exception chained to it.
 
     A time limit raises from a signal handler, which on Python 3.11 can land
     on an instruction without a line number; pytest's traceback rendering then
     crashes the whole session (INTERNALERROR, and under xdist the worker)
-    instead of failing the case. pytest rebuilds its traceback view from the
-    raw ``tb_next`` chain, so the chain itself is relinked.
+    instead of failing the case. The entry can sit in the failing exception's
+    own traceback or in one chained to it: a known-slow case's expected
+    failure is raised ``from`` the timeout, and pytest renders the whole chain.
+    pytest renders the failing exception from ``excinfo.traceback`` and each
+    chained one from its ``__traceback__``, so those are rebuilt.
     """
-    head = excinfo.tb
-    node: TracebackType | None = head
+    head, changed = _without_lineless(excinfo.tb)
+    if changed and head is not None:
+        excinfo.traceback = type(excinfo.traceback)(head)
+    for exc in _chained(excinfo.value):
+        exc.__traceback__ = _without_lineless(exc.__traceback__)[0]
+
+
+def _chained(top: BaseException) -> list[BaseException]:
+    """Every exception ``top`` chains to, through causes and contexts, each once."""
+    found: list[BaseException] = []
+    seen, pending = {id(top)}, [top.__cause__, top.__context__]
+    while pending:
+        exc = pending.pop()
+        if exc is not None and id(exc) not in seen:
+            seen.add(id(exc))
+            found.append(exc)
+            pending += [exc.__cause__, exc.__context__]
+    return found
+
+
+def _without_lineless(head: TracebackType | None) -> tuple[TracebackType | None, bool]:
+    """The traceback from ``head`` with its entries lacking a line number unlinked: its new head, and whether
+    any was."""
     changed = False
+    while head is not None and head.tb_lineno is None:
+        head, changed = head.tb_next, True
+    node = head
     while node is not None:
         while node.tb_next is not None and node.tb_next.tb_lineno is None:
-            node.tb_next = node.tb_next.tb_next
-            changed = True
+            node.tb_next, changed = node.tb_next.tb_next, True
         node = node.tb_next
-    if changed:
-        excinfo.traceback = type(excinfo.traceback)(head)
+    return head, changed
 
 
 def is_worker(config: pytest.Config) -> bool:
