@@ -158,7 +158,7 @@ def test_a_key_that_forgets_the_indices_replays_the_wrong_group_and_the_golden_s
     """Break the key (drop the indices from it): pruning's walk from the ranked indices then replays the
     enumeration's walk of every channel, and the golden is no longer the fresh one."""
     key = walk._walk_key
-    monkeypatch.setattr(walk, "_walk_key", lambda graph, root, idxs, widths: key(graph, root, [0], widths))
+    monkeypatch.setattr(walk, "_walk_key", lambda graph, root, idxs: key(graph, root, [0]))
     spec, config = timm_spec("test_resnet"), PruneConfig(ratio=0.5)
     walks.enabled = walk.ABANDONED.enabled = False
     fresh = _golden(spec, config)
@@ -168,64 +168,3 @@ def test_a_key_that_forgets_the_indices_replays_the_wrong_group_and_the_golden_s
     except Exception as exc:  # pruning every channel of a group may not even run
         broken = exc
     assert broken != fresh
-
-
-REFRESHED_MODELS = ("test_efficientnet_evos", "test_vit_relpos", "densenet121")
-"""Models whose walks go through concats, splits and reshapes (the mappings a refresh rebuilds): two grid
-models, and the family representative where skipping refreshes saves most (a quarter of its prune)."""
-
-
-@pytest.fixture
-def refreshes() -> Iterator[walk.MappingRefreshes]:
-    """The process's refresh skipping, with both walk caches emptied before and after (a replayed walk
-    refreshes nothing, so the comparison needs every walk walked), switched back on after."""
-    walk.SOUND.clear()
-    walk.ABANDONED.clear()
-    yield walk.MAPPINGS
-    walk.MAPPINGS.enabled = walk.SOUND.enabled = walk.ABANDONED.enabled = True
-    walk.SOUND.clear()
-    walk.ABANDONED.clear()
-
-
-def _walked_golden(spec: ModelSpec, config: PruneConfig) -> dict[str, Any]:
-    walk.SOUND.clear()
-    walk.ABANDONED.clear()
-    return _golden(spec, config)
-
-
-@pytest.mark.parametrize("model", REFRESHED_MODELS)
-def test_skipped_mapping_refreshes_change_no_golden(model: str, refreshes: walk.MappingRefreshes) -> None:
-    spec = timm_spec(model, input_cap=160)
-    modes = [False] if model == "densenet121" else [False, True]
-    for config in (PruneConfig(ratio=0.5, global_pruning=mode) for mode in modes):
-        refreshes.enabled = False
-        every = _walked_golden(spec, config)
-        refreshes.enabled = True
-        before = refreshes.skipped
-        skipping = _walked_golden(spec, config)
-        assert skipping == every, f"{model} {config.config_id}: skipping a refresh changed the golden"
-        assert refreshes.skipped > before, f"{model} {config.config_id}: no refresh was skipped"
-
-
-@pytest.mark.big
-def test_a_refresh_skipped_after_widths_changed_prunes_the_wrong_channels_and_equivalence_names_the_groups(
-    refreshes: walk.MappingRefreshes, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Break the skip (widths that never change, walk caches off so only the refresh sees them): after the
-    first group is pruned, densenet121's concat offsets are stale and later groups remove the wrong input
-    channels of the layers after each concat. Every width is still right, so the golden does not change
-    (the grid models' walks meet no shifted concat: their goldens and channels hold either way); the channel
-    check sees it and names the groups. Opt-in (``-m big``): to name them it prunes each of the 120 groups
-    alone, about 4 minutes on 2 cores."""
-    from pytest_tprune.checks import properties as props
-    from pytest_tprune.engine.models import build_model
-
-    spec, config = timm_spec("densenet121", input_cap=160), PruneConfig(ratio=0.5)
-    perturbed = props.perturb(build_model(spec, 0), seed=0)
-    sound = props.equivalence_report(spec, perturbed, config, 0)
-    assert sound.problems == [] and len(sound.checked) > 100
-    walk.SOUND.enabled = walk.ABANDONED.enabled = False
-    monkeypatch.setattr(walk, "layer_widths", lambda graph: 0)
-    stale = props.equivalence_report(spec, perturbed, config, 0)
-    assert stale.problems, "stale concat offsets went unnoticed"
-    assert "group features.denseblock" in stale.problems[0], stale.problems[0]

@@ -11,15 +11,13 @@ engine would have stopped it).
 from __future__ import annotations
 
 from array import array
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from functools import cache
 from typing import Any
 
 from pytest_tprune.engine.tp_internals.graph import one_line
 from pytest_tprune.engine.tp_internals.guards import (
     BOUNDED,
-    TOLERANT,
     TRAVERSAL_FACTOR,
     TraversalCycle,
     UnmappableIndices,
@@ -168,8 +166,7 @@ def _bounded_graph_class(base: Any) -> type:
             known = self.tprune_cyclic.get(module) if self.is_out_channel_pruning_fn(pruning_fn) else None
             if known is not None:
                 return _marked_root_group(self, module, pruning_fn, idxs, known)
-            widths = layer_widths(self)
-            key = walk_key(self, module, pruning_fn, idxs, widths)  # one key for both caches: a walk changes no width
+            key = walk_key(self, module, pruning_fn, idxs)  # one key for both caches: a walk changes no width
             replay = ABANDONED.replay(self, key)
             if replay is not None:  # the same walk, abandoned before: its outcome
                 reason, targets = replay
@@ -181,7 +178,7 @@ def _bounded_graph_class(base: Any) -> type:
                 return _coupled_to_cycle(self, module, pruning_fn, idxs, group)
             _start_walk(self, idxs)
             try:
-                with tolerant_index_mappings(), MAPPINGS.refreshed_once(self, widths):
+                with tolerant_index_mappings():
                     group = super().get_pruning_group(module, pruning_fn, idxs)
             except (TraversalCycle, IndexError, ZeroDivisionError) as exc:
                 explained = isinstance(exc, (TraversalCycle, UnmappableIndices))
@@ -283,55 +280,20 @@ def _walk_root(graph: Any, module: Any, pruning_fn: Any) -> tuple[Any, ...] | No
     return (_graph_signature(graph), root, getattr(pruning_fn, "__qualname__", repr(pruning_fn)))
 
 
-def walk_key(graph: Any, module: Any, pruning_fn: Any, idxs: Any, widths: int | None) -> tuple[Any, ...] | None:
+def walk_key(graph: Any, module: Any, pruning_fn: Any, idxs: Any) -> tuple[Any, ...] | None:
     """The key both caches keep a walk under, or None when neither is on or it cannot be formed."""
-    if not (ABANDONED.enabled or SOUND.enabled) or widths is None:
+    if not (ABANDONED.enabled or SOUND.enabled):
         return None
-    return _walk_key(graph, _walk_root(graph, module, pruning_fn), idxs, widths)
+    return _walk_key(graph, _walk_root(graph, module, pruning_fn), idxs)
 
 
-def layer_widths(graph: Any) -> int | None:
-    """A hash of the shape of every parameter of the graph's model, in ``model.parameters()`` order (shared
-    parameters once), or None when the graph has no model.
-
-    Computed before every walk, so it walks the module list the graph keeps
-    (:func:`_graph_modules`) instead of ``model.parameters()``, whose recursive
-    generators were 7% of the CPU of eleven family cases (cProfile of the
-    default selection's ``densenet121`` to ``volo_d1_224``). torch-pruning
-    replaces a pruned layer's parameters, never the layer, so the list stays
-    the model's for the graph's life.
-    """
-    modules = _graph_modules(graph)
-    if modules is None:
-        return None
-    seen: set[int] = set()
-    shapes = []
-    for module in modules:
-        for param in module._parameters.values():
-            if param is not None and id(param) not in seen:
-                seen.add(id(param))
-                shapes.append(tuple(param.shape))
-    return hash(tuple(shapes))
-
-
-def _graph_modules(graph: Any) -> list[Any] | None:
-    """The model's modules in ``model.modules()`` order, listed once per graph."""
-    cached = graph.__dict__.get("tprune_modules")
-    if cached is None:
-        model = getattr(graph, "model", None)
-        if model is None or not hasattr(model, "modules"):
-            return None
-        cached = graph.tprune_modules = list(model.modules())
-    modules: list[Any] = cached
-    return modules
-
-
-def _walk_key(graph: Any, root: tuple[Any, ...] | None, idxs: Any, widths: int) -> tuple[Any, ...] | None:
+def _walk_key(graph: Any, root: tuple[Any, ...] | None, idxs: Any) -> tuple[Any, ...] | None:
     """A walk's identity: its root, the current widths of every layer, the guards, the ignored parameters and
     the indices: everything torch-pruning's walk reads besides the graph (in the signature)."""
     if root is None:
         return None
     try:
+        widths = hash(tuple(tuple(p.shape) for p in graph.model.parameters()))
         indices = tuple(int(i) for i in idxs) if hasattr(idxs, "__iter__") else (int(idxs),)
         names = _node_names(graph)
         ignored = tuple(sorted(names.get(id(p), "?") for p in getattr(graph, "ignored_params", None) or ()))
@@ -432,60 +394,6 @@ class SoundWalks:
 
 SOUND = SoundWalks()
 """This process's closed long walks (:class:`SoundWalks`); ``SOUND.enabled = False`` walks every time."""
-
-
-class MappingRefreshes:
-    """torch-pruning's index-mapping refresh, run before a walk only when a layer's width changed since the last.
-
-    Why: ``get_pruning_group`` refreshes the mapping of every concat, split
-    and reshape of the whole graph before each walk, though between two walks
-    that prune nothing in between (every walk of the pruner's constructor,
-    every walk of a step until a group is pruned) the refresh computes what is
-    already there. On graphs with many concats that is much of a prune's cost:
-    ``densenet121``'s prune at 0.5 goes from 3.7 to 2.8 s with 121 refreshes
-    skipped, ``inception_v4``'s from 2.9 to 2.6 s. What the refresh reads is the graph's
-    nodes, the layers' widths and the concat and split sizes, which change only
-    when a group is pruned, and pruning a group changes a parameter's shape: so
-    a refresh is skipped exactly when the graph's nodes, every parameter's shape
-    and the active guards are what they were at the graph's last refresh made
-    here. The refresh is found where :func:`~.guards.probe_index_mappings` found
-    the per-operation updates; where that probe failed, every refresh runs.
-    """
-
-    def __init__(self) -> None:
-        self.enabled = True
-        self.skipped = 0  # refreshes skipped, over every graph
-
-    @contextmanager
-    def refreshed_once(self, graph: Any, widths: int | None) -> Iterator[None]:
-        """While active, the refresh of ``graph`` runs only when its state differs from its last refresh's."""
-        updates = active(TOLERANT)
-        refresh = vars(updates.host).get("update_index_mapping") if updates is not None else None
-        if not self.enabled or widths is None or updates is None or refresh is None:
-            yield
-            return
-        host: Any = updates.host
-        state = (graph.module2node, widths, probed().states())
-
-        def refresh_when_changed(target: Any, *args: Any, **kwargs: Any) -> Any:
-            kept = target.__dict__.get("tprune_mapped") if target is graph else None
-            if kept is not None and kept[0] is state[0] and kept[1:] == state[1:]:
-                self.skipped += 1
-                return None
-            result = refresh(target, *args, **kwargs)
-            if target is graph:
-                graph.tprune_mapped = state
-            return result
-
-        host.update_index_mapping = refresh_when_changed
-        try:
-            yield
-        finally:
-            host.update_index_mapping = refresh
-
-
-MAPPINGS = MappingRefreshes()
-"""This process's refresh skipping (:class:`MappingRefreshes`); ``MAPPINGS.enabled = False`` refreshes every time."""
 
 
 def _nodes_by_name(graph: Any) -> dict[str, Any]:
