@@ -158,6 +158,38 @@ def test_an_exporter_crashing_outside_torch_is_a_verdict_not_a_traceback(monkeyp
         crashed.check_export()
 
 
+def test_torch_export_records_no_node_stack_traces_and_leaves_the_users_switch_as_it_was(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The stack traces are a sixth of an export's time and nothing reads them; a user's own setting survives the
+    check, whether the export passes or raises."""
+    import torch.fx.config as fx_config
+
+    if not hasattr(fx_config, "do_not_emit_stack_traces"):
+        pytest.skip("this torch has no switch for node stack traces")
+    monkeypatch.setattr(fx_config, "do_not_emit_stack_traces", False)
+    real, traced = torch.export.export, []
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        program = real(*args, **kwargs)
+        traced.append([n.meta.get("stack_trace") for n in program.graph.nodes if n.op == "call_function"])
+        return program
+
+    monkeypatch.setattr(torch.export, "export", recording)
+    case().check_export()
+    assert len(traced) == 1 and traced[0] and not any(traced[0])
+    assert fx_config.do_not_emit_stack_traces is False
+
+    def raising(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("an exporter bug")
+
+    monkeypatch.setattr(torch.export, "export", raising)
+    failed = case()
+    failed.check_export()  # the unpruned model fails too: recorded, not failed
+    assert failed.export is not None and failed.export.golden()["torch.export"].startswith(export_check.NOT_EITHER)
+    assert fx_config.do_not_emit_stack_traces is False
+
+
 # --- goldens ---------------------------------------------------------------------------------------------------------
 
 

@@ -168,3 +168,23 @@ def test_a_key_that_forgets_the_indices_replays_the_wrong_group_and_the_golden_s
     except Exception as exc:  # pruning every channel of a group may not even run
         broken = exc
     assert broken != fresh
+
+
+def test_the_width_hash_reads_each_layers_current_parameters_and_agrees_across_copies() -> None:
+    """The hash lists a graph's parameter-holding layers once; what it hashes must still be read afresh:
+    torch-pruning replaces a pruned layer's ``weight`` with a new, narrower parameter, and a walk keyed on
+    the old widths would replay the group of another width state."""
+    import copy
+    from types import SimpleNamespace
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Conv2d(8, 4, 1))
+    graph = SimpleNamespace(model=model, module2node={})
+    unpruned = walk._width_hash(graph)
+    assert walk._width_hash(SimpleNamespace(model=copy.deepcopy(model), module2node={})) == unpruned
+    model[2].weight = nn.Parameter(model[2].weight.detach()[:, :6].clone())  # in-channels pruned, as tp does
+    assert walk._width_hash(graph) != unpruned
+    model[2].weight = nn.Parameter(torch.zeros(4, 8, 1, 1))
+    assert walk._width_hash(graph) == unpruned
+    graph.module2node = {}  # the pruner rebuilt the graph's nodes: the layers are listed again
+    model[0] = nn.Conv2d(3, 8, 5)
+    assert walk._width_hash(graph) != unpruned

@@ -293,13 +293,27 @@ def _walk_key(graph: Any, root: tuple[Any, ...] | None, idxs: Any) -> tuple[Any,
     if root is None:
         return None
     try:
-        widths = hash(tuple(tuple(p.shape) for p in graph.model.parameters()))
+        widths = _width_hash(graph)
         indices = tuple(int(i) for i in idxs) if hasattr(idxs, "__iter__") else (int(idxs),)
         names = _node_names(graph)
         ignored = tuple(sorted(names.get(id(p), "?") for p in getattr(graph, "ignored_params", None) or ()))
     except (AttributeError, TypeError, ValueError):
         return None
     return (*root, widths, probed().states(), ignored, indices)
+
+
+def _width_hash(graph: Any) -> int:
+    """A hash of every parameter's current shape: what pruning changes between two walks of the same graph.
+
+    Computed on every walk, so the modules that hold parameters are listed once per graph (until its nodes are
+    rebuilt) instead of walking the module tree each time: torch-pruning replaces a layer's parameters when it
+    prunes it, never the layer, so the shapes are read afresh from each layer's own parameters.
+    """
+    cached = graph.__dict__.get("tprune_parameter_holders")
+    if cached is None or cached[0] is not graph.module2node:
+        cached = (graph.module2node, [m for m in graph.model.modules() if m._parameters])
+        graph.tprune_parameter_holders = cached
+    return hash(tuple(p.shape for module in cached[1] for p in module._parameters.values() if p is not None))
 
 
 class SoundWalks:
