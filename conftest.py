@@ -20,7 +20,7 @@ settings.register_profile(
     "ci",
     derandomize=True,
     database=None,
-    max_examples=4,
+    max_examples=3,
     deadline=None,
     print_blob=True,
     suppress_health_check=[HealthCheck.too_slow],
